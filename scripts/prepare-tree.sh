@@ -1,0 +1,73 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Make a kernel tree that carries this project: a hard-linked copy of the
+# user's (or Debian's) 7.3 source, with patches/series applied and the new
+# files of this repository laid over it at their in-tree paths.
+#
+# The source tree is never written to. Files are staged first and then
+# synced with checksums, so a file that did not change keeps its mtime and
+# the next kernel build is incremental.
+#
+# Usage: prepare-tree.sh SRC_TREE WORK_TREE
+set -euo pipefail
+
+src=$(cd "${1:?usage: prepare-tree.sh SRC WORK}" && pwd)
+work=${2:?usage: prepare-tree.sh SRC WORK}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+
+# New files of the project, at their in-tree paths.
+overlay=(drivers rust kernel/configs tools/testing/selftests/drivers/virtio_balloon)
+
+[ -f "$src/Makefile" ] && [ -d "$src/rust" ] ||
+	{ echo "prepare-tree: $src is not a kernel tree with rust/" >&2; exit 1; }
+version=$(make -s -C "$src" kernelversion 2>/dev/null || true)
+case "$version" in
+7.3*) ;;
+*) echo "prepare-tree: $src is version '$version', 7.3 is needed" >&2; exit 1 ;;
+esac
+if [ -f "$src/.config" ]; then
+	echo "prepare-tree: $src has a .config; run 'make mrproper' there first" >&2
+	exit 1
+fi
+
+if [ ! -f "$work/.vb-src" ] || [ "$(cat "$work/.vb-src")" != "$src" ]; then
+	echo ">> copying $src to $work (hard links)"
+	rm -rf "$work"
+	mkdir -p "$(dirname "$work")"
+	cp -al "$src" "$work" 2>/dev/null || cp -a "$src" "$work"
+	echo "$src" > "$work/.vb-src"
+fi
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+
+# Files the series edits: start from the pristine source, apply in order.
+while read -r p; do
+	case "$p" in ''|'#'*) continue ;; esac
+	for f in $(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$repo/patches/$p"); do
+		[ -f "$stage/$f" ] && continue
+		mkdir -p "$stage/$(dirname "$f")"
+		if [ -f "$src/$f" ]; then cp "$src/$f" "$stage/$f"; fi
+	done
+	patch -s -p1 -d "$stage" --no-backup-if-mismatch < "$repo/patches/$p" ||
+		{ echo "prepare-tree: patches/$p does not apply to $src" >&2; exit 1; }
+done < "$repo/patches/series"
+
+for d in "${overlay[@]}"; do
+	[ -d "$repo/$d" ] || continue
+	mkdir -p "$stage/$d"
+	cp -r "$repo/$d/." "$stage/$d/"
+done
+
+# Files the previous run laid over that are gone now: restore the source's.
+( cd "$stage" && find . -type f | sed 's|^\./||' | sort ) > "$stage.list"
+if [ -f "$work/.vb-files" ]; then
+	comm -23 "$work/.vb-files" "$stage.list" | while read -r f; do
+		if [ -f "$src/$f" ]; then cp "$src/$f" "$work/$f"; else rm -f "$work/$f"; fi
+	done
+fi
+
+rsync -rc "$stage/" "$work/"
+mv "$stage.list" "$work/.vb-files"
+echo ">> tree ready: $work"
