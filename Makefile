@@ -1,0 +1,79 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# virtio-balloon in Rust: build a debug guest kernel carrying the driver,
+# boot it under QEMU and run the kselftests against the C and Rust drivers.
+#
+#   make run     boot a guest with our driver and show the balloon working
+#   make check   build everything and run the whole test suite
+#
+# Build outputs live in $(CACHE), outside the checkout, so a fresh clone on
+# the same machine rebuilds only what changed. `make help` lists the knobs.
+
+CACHE   ?= $(or $(VB_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/virtio-balloon-rust)
+KDIR    ?=
+LLVM    ?= -19
+JOBS    ?= $(shell nproc)
+ACCEL   ?= tcg
+MEM     ?= 1024
+DRIVERS ?= virtio_balloon
+DEVICES ?= plain deflate-on-oom
+DRIVER  ?= virtio_balloon_rust
+
+TREE    := $(CACHE)/tree
+BUILD   := $(CACHE)/build/debug
+KSFT    := $(CACHE)/kselftest
+INITRD  := $(CACHE)/initramfs.cpio.gz
+LOGS    := $(CACHE)/logs
+HARNESS_DIR := tools/virtio/balloon-vmtest
+HARNESS := $(CACHE)/cargo/release/balloon-vmtest
+FRAGMENTS := kernel/configs/virtio_balloon_guest.config kernel/configs/virtio_balloon_debug.config
+MODULES := $(BUILD)/drivers/virtio/virtio_balloon.ko $(BUILD)/drivers/virtio/virtio_balloon_rust.ko
+VMARGS  := --kernel $(BUILD)/arch/x86/boot/bzImage --initrd $(INITRD) \
+	   --accel $(ACCEL) --mem $(MEM) --log-dir $(LOGS)
+CARGO   := CARGO_TARGET_DIR=$(CACHE)/cargo cargo
+
+.NOTPARALLEL:
+.PHONY: all setup tree kernel selftests initramfs harness harness-test check run shell clean help
+
+all: initramfs harness
+
+setup:
+	@scripts/setup-host.sh
+
+tree: setup
+	@src="$(KDIR)"; [ -n "$$src" ] || src=$$(scripts/fetch-kernel.sh $(CACHE)); \
+	scripts/prepare-tree.sh "$$src" $(TREE)
+
+kernel: tree
+	@LLVM=$(LLVM) JOBS=$(JOBS) scripts/build-kernel.sh $(TREE) $(BUILD) $(FRAGMENTS)
+
+selftests: kernel
+	@rm -rf $(KSFT)
+	@$(MAKE) -s -C $(TREE)/tools/testing/selftests O=$(BUILD) \
+		TARGETS=drivers/virtio_balloon KSFT_INSTALL_PATH=$(KSFT) \
+		USERCFLAGS=-static install >/dev/null
+
+initramfs: selftests
+	@scripts/mkinitramfs.sh $(INITRD) $(HARNESS_DIR)/guest/init $(KSFT) $(MODULES)
+
+harness: setup
+	@$(CARGO) build --release -q --manifest-path $(HARNESS_DIR)/Cargo.toml
+
+harness-test: setup
+	@$(CARGO) test --release -q --manifest-path $(HARNESS_DIR)/Cargo.toml
+
+check: all harness-test
+	@$(HARNESS) check $(VMARGS) $(addprefix --driver ,$(DRIVERS)) $(addprefix --device ,$(DEVICES))
+
+run: all
+	@$(HARNESS) demo $(VMARGS) --driver $(DRIVER) --fallback virtio_balloon
+
+clean:
+	rm -rf $(BUILD) $(KSFT) $(INITRD) $(LOGS) $(CACHE)/cargo
+
+help:
+	@echo "make run | check | all | kernel | harness | clean"
+	@echo "  KDIR=$(KDIR)  (empty: Debian's linux-source-7.3, unpacked in CACHE)"
+	@echo "  CACHE=$(CACHE)"
+	@echo "  LLVM=$(LLVM) JOBS=$(JOBS) ACCEL=$(ACCEL) MEM=$(MEM)"
+	@echo "  DRIVERS=$(DRIVERS)  DEVICES=$(DEVICES)  DRIVER=$(DRIVER) (run)"

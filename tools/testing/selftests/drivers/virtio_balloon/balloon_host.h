@@ -1,0 +1,244 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Guest side of the virtio balloon selftests: find the balloon device, read
+ * the guest's own counters, and ask the host harness for things only the
+ * host can do or see (set the balloon target, read QEMU's view).
+ *
+ * The host listens on a virtio-serial port named org.kselftest.balloon. Each
+ * request is one line, each answer one line: "ok <value...>" or "err <why>".
+ * Sizes are in bytes.
+ */
+#ifndef BALLOON_HOST_H
+#define BALLOON_HOST_H
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define VIRTIO_ID_BALLOON		5
+#define VIRTIO_BALLOON_F_DEFLATE_ON_OOM	2
+#define BALLOON_CTL_PORT		"org.kselftest.balloon"
+#define MIB				(1024LL * 1024)
+/* Long enough for /sys/bus/virtio/devices/virtioN and its attributes. */
+#define DEV_PATH_MAX			256
+
+/* A "key value" file such as /proc/vmstat, or "Key: value kB" (meminfo). */
+static inline long long read_keyed(const char *path, const char *key)
+{
+	char line[256], name[128];
+	long long val = -1, v;
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%127[^: ]%*[: ]%lld", name, &v) == 2 &&
+		    !strcmp(name, key)) {
+			val = v;
+			break;
+		}
+	}
+	fclose(f);
+	return val;
+}
+
+/* /proc/meminfo value in bytes, -1 when missing. */
+static inline long long meminfo(const char *key)
+{
+	long long kb = read_keyed("/proc/meminfo", key);
+
+	return kb < 0 ? -1 : kb * 1024;
+}
+
+static inline long long vmstat(const char *key)
+{
+	return read_keyed("/proc/vmstat", key);
+}
+
+/* Sum of the /proc/vmstat counters whose names start with @prefix. */
+static inline long long vmstat_sum(const char *prefix)
+{
+	char line[256], name[128];
+	long long sum = 0, v;
+	FILE *f = fopen("/proc/vmstat", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%127s %lld", name, &v) == 2 &&
+		    !strncmp(name, prefix, strlen(prefix)))
+			sum += v;
+	fclose(f);
+	return sum;
+}
+
+static inline int read_line(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	if (n < 0)
+		return -1;
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	return 0;
+}
+
+/* Fills @dev with /sys/bus/virtio/devices/virtioN of the balloon device. */
+static inline int find_balloon(char *dev, size_t len)
+{
+	DIR *d = opendir("/sys/bus/virtio/devices");
+	struct dirent *e;
+	char path[PATH_MAX], id[32];
+	int found = 0;
+
+	if (!d)
+		return 0;
+	while (!found && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/sys/bus/virtio/devices/%s/device", e->d_name);
+		if (read_line(path, id, sizeof(id)) == 0 && strtol(id, NULL, 0) == VIRTIO_ID_BALLOON) {
+			snprintf(dev, len, "/sys/bus/virtio/devices/%.200s", e->d_name);
+			found = 1;
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+/* Name of the driver bound to @dev, or "" when none is. */
+static inline void bound_driver(const char *dev, char *name, size_t len)
+{
+	char path[PATH_MAX], target[PATH_MAX];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "%s/driver", dev);
+	n = readlink(path, target, sizeof(target) - 1);
+	name[0] = '\0';
+	if (n > 0) {
+		const char *base;
+		size_t bl;
+
+		target[n] = '\0';
+		base = strrchr(target, '/') ? strrchr(target, '/') + 1 : target;
+		bl = strlen(base) < len - 1 ? strlen(base) : len - 1;
+		memcpy(name, base, bl);
+		name[bl] = '\0';
+	}
+}
+
+/* Negotiated feature bit @bit of @dev: 1, 0, or -1 when unreadable. */
+static inline int device_feature(const char *dev, int bit)
+{
+	char path[PATH_MAX], bits[256];
+
+	snprintf(path, sizeof(path), "%s/features", dev);
+	if (read_line(path, bits, sizeof(bits)) || (int)strlen(bits) <= bit)
+		return -1;
+	return bits[bit] == '1';
+}
+
+/* Opens the host control port, -1 when the harness did not provide one. */
+static inline int open_host(void)
+{
+	DIR *d = opendir("/sys/class/virtio-ports");
+	struct dirent *e;
+	char path[PATH_MAX], name[128];
+	int fd = -1;
+
+	if (!d)
+		return -1;
+	while (fd < 0 && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", e->d_name);
+		if (read_line(path, name, sizeof(name)) || strcmp(name, BALLOON_CTL_PORT))
+			continue;
+		snprintf(path, sizeof(path), "/dev/%s", e->d_name);
+		fd = open(path, O_RDWR);
+	}
+	closedir(d);
+	return fd;
+}
+
+/*
+ * Sends one request and reads the one-line answer into @reply (without the
+ * leading "ok "). Returns 0 on "ok", -1 on "err" or a broken port; @reply then
+ * holds the reason.
+ */
+static inline int host_req(int fd, char *reply, size_t len, const char *fmt, ...)
+{
+	char req[256];
+	size_t got = 0;
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(req, sizeof(req) - 1, fmt, ap);
+	va_end(ap);
+	req[n++] = '\n';
+	if (write(fd, req, n) != n) {
+		snprintf(reply, len, "write to host port: %s", strerror(errno));
+		return -1;
+	}
+	while (got < len - 1) {
+		ssize_t r = read(fd, reply + got, 1);
+
+		if (r <= 0) {
+			snprintf(reply, len, "host port closed");
+			return -1;
+		}
+		if (reply[got] == '\n')
+			break;
+		got++;
+	}
+	reply[got] = '\0';
+	if (!strncmp(reply, "ok", 2)) {
+		memmove(reply, reply + (reply[2] == ' ' ? 3 : 2), strlen(reply) + 1);
+		return 0;
+	}
+	return -1;
+}
+
+/* A request whose answer is one number; -1 on error (reason in @why). */
+static inline long long host_num(int fd, char *why, size_t len, const char *fmt, ...)
+{
+	char req[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(req, sizeof(req), fmt, ap);
+	va_end(ap);
+	if (host_req(fd, why, len, "%s", req))
+		return -1;
+	return strtoll(why, NULL, 10);
+}
+
+#define KV_ABSENT	LLONG_MIN
+
+/* Value of "key=value" in a space-separated answer, KV_ABSENT when absent. */
+static inline long long kv(const char *answer, const char *key)
+{
+	size_t kl = strlen(key);
+	const char *p = answer;
+
+	while ((p = strstr(p, key))) {
+		if ((p == answer || p[-1] == ' ') && p[kl] == '=')
+			return strtoll(p + kl + 1, NULL, 10);
+		p += kl;
+	}
+	return KV_ABSENT;
+}
+
+#endif /* BALLOON_HOST_H */

@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The host end of the org.kselftest.balloon port: one request line from a
+//! guest test, one answer line back, always (`ok ...` or `err ...`), so a
+//! guest test never blocks on a host that gave up.
+//!
+//! | request          | answer                                            |
+//! |------------------|---------------------------------------------------|
+//! | `ram`            | guest RAM in bytes as configured                  |
+//! | `actual`         | `query-balloon` actual, bytes                     |
+//! | `device`         | `deflate-on-oom=0/1 free-page-reporting=0/1 ...`  |
+//! | `target BYTES`   | sets the balloon and waits for actual == BYTES    |
+//! | `stats`          | a fresh `guest-stats` as `stat-NAME=VALUE ...`    |
+//! | `rss`            | QEMU's resident set size, bytes                   |
+//! | `migrate`        | migrates to a sink, resumes; bytes transferred    |
+//! | `reset`          | answers, then resets the machine                  |
+//! | `wait MS`        | answers after MS milliseconds                     |
+
+use crate::qmp::Monitor;
+use crate::vm::Device;
+use serde_json::Value;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long `target` waits for the guest to reach it.
+pub const TARGET_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long `stats` waits for two fresh updates.
+const STATS_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, PartialEq)]
+pub enum Request {
+    Ram,
+    Actual,
+    Device,
+    Target(i64),
+    Stats,
+    Rss,
+    Migrate,
+    Reset,
+    Wait(u64),
+}
+
+pub fn parse(line: &str) -> Result<Request, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let num = || -> Result<i64, String> {
+        match words[..] {
+            [cmd, n] => n.parse::<i64>().map_err(|e| format!("'{cmd}': {e}")),
+            [cmd, ..] => Err(format!("'{cmd}' takes one number")),
+            [] => Err("empty request".into()),
+        }
+    };
+    let plain = |r: Request| {
+        if words.len() == 1 {
+            Ok(r)
+        } else {
+            Err(format!("'{}' takes no argument", words[0]))
+        }
+    };
+    match words.first().copied().unwrap_or("") {
+        "ram" => plain(Request::Ram),
+        "actual" => plain(Request::Actual),
+        "device" => plain(Request::Device),
+        "stats" => plain(Request::Stats),
+        "rss" => plain(Request::Rss),
+        "migrate" => plain(Request::Migrate),
+        "reset" => plain(Request::Reset),
+        "target" => match num()? {
+            n if n > 0 => Ok(Request::Target(n)),
+            n => Err(format!("target {n}: must be a positive number of bytes")),
+        },
+        "wait" => Ok(Request::Wait(num()?.max(0) as u64)),
+        _ => Err(format!("unknown request '{}'", line.trim())),
+    }
+}
+
+struct Agent {
+    qmp: Arc<Mutex<Monitor>>,
+    ram: u64,
+    device: Device,
+    qemu_pid: u32,
+}
+
+fn lock(qmp: &Arc<Mutex<Monitor>>) -> std::sync::MutexGuard<'_, Monitor> {
+    qmp.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Resident set size of process `pid`, in bytes.
+pub fn rss(pid: u32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| io::Error::other("no VmRSS"))
+}
+
+/// `stats` object as `stat-name=value` pairs, sorted by name.
+pub fn stats_line(stats: &Value) -> String {
+    let mut v: Vec<String> = stats
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+        .unwrap_or_default();
+    v.sort();
+    v.join(" ")
+}
+
+impl Agent {
+    fn target(&self, bytes: i64) -> io::Result<String> {
+        lock(&self.qmp).set_target(bytes)?;
+        let start = Instant::now();
+        loop {
+            let actual = lock(&self.qmp).actual()?;
+            if actual == bytes {
+                return Ok(actual.to_string());
+            }
+            if start.elapsed() > TARGET_TIMEOUT {
+                return Err(io::Error::other(format!(
+                    "timeout after {}s: actual={actual} target={bytes}",
+                    TARGET_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for two updates after the request, so the values were computed
+    /// by the guest after it asked (last-update has one-second resolution).
+    fn stats(&self) -> io::Result<String> {
+        let (_, last0) = {
+            let mut q = lock(&self.qmp);
+            if self.device.stats_interval == 0 {
+                q.qom_set("guest-stats-polling-interval", Value::from(1))?;
+            }
+            q.guest_stats()?
+        };
+        let start = Instant::now();
+        loop {
+            let (stats, last) = lock(&self.qmp).guest_stats()?;
+            if last >= last0 + 2 {
+                return Ok(stats_line(&stats));
+            }
+            if start.elapsed() > STATS_TIMEOUT {
+                return Err(io::Error::other(format!("no fresh guest-stats (last-update {last})")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn answer(&self, req: Request) -> io::Result<String> {
+        Ok(match req {
+            Request::Ram => self.ram.to_string(),
+            Request::Actual => lock(&self.qmp).actual()?.to_string(),
+            Request::Device => {
+                let d = &self.device;
+                format!(
+                    "deflate-on-oom={} free-page-reporting={} free-page-hint={} stats-interval={}",
+                    d.deflate_on_oom as u8,
+                    d.free_page_reporting as u8,
+                    d.free_page_hint as u8,
+                    d.stats_interval
+                )
+            }
+            Request::Target(b) => self.target(b)?,
+            Request::Stats => self.stats()?,
+            Request::Rss => rss(self.qemu_pid)?.to_string(),
+            Request::Migrate => {
+                lock(&self.qmp).migrate("exec:cat > /dev/null", Duration::from_secs(300))?.to_string()
+            }
+            Request::Reset | Request::Wait(_) => String::new(),
+        })
+    }
+}
+
+/// Serves requests on `port` until the VM goes away.
+pub fn spawn(port: UnixStream, qmp: Arc<Mutex<Monitor>>, ram: u64, device: Device, qemu_pid: u32) {
+    let agent = Agent { qmp, ram, device, qemu_pid };
+    std::thread::spawn(move || {
+        let Ok(mut out) = port.try_clone() else { return };
+        for line in BufReader::new(port).lines() {
+            let Ok(line) = line else { break };
+            let req = parse(&line);
+            let reply = match req {
+                Ok(Request::Wait(ms)) => {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    "ok".to_string()
+                }
+                Ok(r) => {
+                    let reset = r == Request::Reset;
+                    let a = agent.answer(r);
+                    if reset {
+                        let _ = writeln!(out, "ok");
+                        let _ = lock(&agent.qmp).system_reset();
+                        continue;
+                    }
+                    match a {
+                        Ok(s) if s.is_empty() => "ok".to_string(),
+                        Ok(s) => format!("ok {s}"),
+                        Err(e) => format!("err {e}"),
+                    }
+                }
+                Err(e) => format!("err {e}"),
+            };
+            if writeln!(out, "{}", reply.replace('\n', " ")).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests() {
+        assert_eq!(parse("ram"), Ok(Request::Ram));
+        assert_eq!(parse("target 1073741824\n"), Ok(Request::Target(1 << 30)));
+        assert_eq!(parse("wait 5"), Ok(Request::Wait(5)));
+        assert!(parse("target").is_err());
+        assert!(parse("target -5").is_err());
+        assert!(parse("target 12x").is_err());
+        assert!(parse("actual now").is_err());
+        assert!(parse("fly").is_err());
+        assert!(parse("").is_err());
+        assert!(parse("target 1 2").is_err());
+    }
+
+    #[test]
+    fn stats_are_flat_and_sorted() {
+        let v: Value = serde_json::from_str(r#"{"stat-total-memory": 10, "stat-free-memory": -1}"#).unwrap();
+        assert_eq!(stats_line(&v), "stat-free-memory=-1 stat-total-memory=10");
+        assert_eq!(stats_line(&Value::Null), "");
+    }
+
+    #[test]
+    fn rss_of_self() {
+        assert!(rss(std::process::id()).unwrap() > 0);
+    }
+}

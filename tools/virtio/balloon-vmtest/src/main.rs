@@ -1,0 +1,442 @@
+// SPDX-License-Identifier: GPL-2.0
+//! balloon-vmtest: boots a test guest under QEMU with a virtio-balloon
+//! device and either runs the virtio_balloon kselftests in it (`check`) or
+//! shows the balloon moving (`demo`). See `balloon-vmtest --help`.
+
+mod agent;
+mod ktap;
+mod logscan;
+mod qmp;
+mod vm;
+
+use ktap::{Status, TestResult};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vm::{Config, Device, Vm};
+
+const USAGE: &str = "\
+usage: balloon-vmtest check|demo --kernel BZIMAGE --initrd INITRD [options]
+
+  check   run the virtio_balloon kselftests once per driver and device
+  demo    inflate and deflate the balloon, showing host and guest views
+
+options:
+  --driver MODULE     balloon driver module; check takes it several times
+                      (default: virtio_balloon)
+  --device OPTS       device options, e.g. plain, deflate-on-oom,
+                      free-page-reporting, free-page-hint, stats=N; check
+                      takes it several times (default: plain)
+  --fallback MODULE   demo: if the driver does not bind, show this one
+  --accel ACCEL       tcg (default) or kvm
+  --mem MIB           guest RAM (default 1024)
+  --cpus N            guest CPUs (default 2)
+  --qemu PATH         QEMU binary (default qemu-system-x86_64)
+  --log-dir DIR       console logs and sockets (default ./vmtest-logs)
+  --test-timeout S    fail a test that shows no result for S seconds (default 240)
+";
+
+struct Args {
+    cmd: String,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    drivers: Vec<String>,
+    devices: Vec<Device>,
+    fallback: Option<String>,
+    accel: String,
+    mem: u64,
+    cpus: u32,
+    qemu: String,
+    log_dir: PathBuf,
+    test_timeout: Duration,
+}
+
+fn parse_args(argv: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        cmd: argv.first().cloned().ok_or("no command")?,
+        kernel: PathBuf::new(),
+        initrd: PathBuf::new(),
+        drivers: vec![],
+        devices: vec![],
+        fallback: None,
+        accel: "tcg".into(),
+        mem: 1024,
+        cpus: 2,
+        qemu: "qemu-system-x86_64".into(),
+        log_dir: "vmtest-logs".into(),
+        test_timeout: Duration::from_secs(240),
+    };
+    let mut it = argv[1..].iter();
+    while let Some(opt) = it.next() {
+        let mut val = || it.next().cloned().ok_or(format!("{opt} needs a value"));
+        let num = |s: String| s.parse::<u64>().map_err(|e| format!("{opt}: {e}"));
+        match opt.as_str() {
+            "--kernel" => a.kernel = val()?.into(),
+            "--initrd" => a.initrd = val()?.into(),
+            "--driver" => a.drivers.push(val()?),
+            "--device" => a.devices.push(Device::parse(&val()?)?),
+            "--fallback" => a.fallback = Some(val()?),
+            "--accel" => a.accel = val()?,
+            "--mem" => a.mem = num(val()?)?,
+            "--cpus" => a.cpus = num(val()?)? as u32,
+            "--qemu" => a.qemu = val()?,
+            "--log-dir" => a.log_dir = val()?.into(),
+            "--test-timeout" => a.test_timeout = Duration::from_secs(num(val()?)?),
+            _ => return Err(format!("unknown option {opt}")),
+        }
+    }
+    if a.kernel.as_os_str().is_empty() || a.initrd.as_os_str().is_empty() {
+        return Err("--kernel and --initrd are required".into());
+    }
+    if a.drivers.is_empty() {
+        a.drivers.push("virtio_balloon".into());
+    }
+    if a.devices.is_empty() {
+        a.devices.push(Device::default());
+    }
+    Ok(a)
+}
+
+fn config(a: &Args, driver: &str, device: &Device, mode: &str) -> Config {
+    Config {
+        qemu: a.qemu.clone(),
+        accel: a.accel.clone(),
+        kernel: a.kernel.clone(),
+        initrd: a.initrd.clone(),
+        mem_mib: a.mem,
+        cpus: a.cpus,
+        driver: driver.into(),
+        mode: mode.into(),
+        device: device.clone(),
+        dir: a.log_dir.clone(),
+        log_name: format!("{mode}-{driver}-{}", device.name()),
+    }
+}
+
+/// One row of the final table.
+struct Row {
+    driver: String,
+    device: String,
+    result: TestResult,
+}
+
+fn fail(name: &str, note: impl Into<String>) -> TestResult {
+    TestResult { name: name.into(), status: Status::Fail, note: note.into() }
+}
+
+/// Console lines that explain a failed kselftest: from its RUN line (or the
+/// previous result) to its result line.
+fn excerpt(log: &[String], t: &TestResult) -> Vec<String> {
+    let sub = t.name.rsplit(':').next().unwrap_or(&t.name);
+    let is_result = |l: &str| {
+        let l = l.trim_start_matches("# ");
+        ktap::parse_result(l).is_some_and(|(_, n, _)| n == sub || n.ends_with(&format!(": {sub}")))
+    };
+    let Some(end) = log.iter().position(|l| is_result(l)) else { return vec![] };
+    let start = log[..end]
+        .iter()
+        .rposition(|l| {
+            l.contains(&format!("RUN           {sub}"))
+                || ktap::parse_result(l.trim_start_matches("# ")).is_some()
+        })
+        .map_or(end, |i| i + (!l_is_run(&log[i], sub)) as usize);
+    log[start..=end].to_vec()
+}
+
+fn l_is_run(l: &str, sub: &str) -> bool {
+    l.contains(&format!("RUN           {sub}"))
+}
+
+/// Boots once and runs the suite; returns the leaf results of that boot.
+fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
+    let cfg = config(a, driver, device, "check");
+    eprintln!(">> boot: driver {driver}, device {} ({} accel)", device.name(), a.accel);
+    let mut vm = match Vm::start(&cfg) {
+        Ok(vm) => vm,
+        Err(e) => return vec![fail("boot", e.to_string())],
+    };
+    let mut results = Vec::new();
+    let Some(booted) = vm.wait_for("@@BOOTED", Duration::from_secs(300)) else {
+        vm.finish(Duration::from_secs(1));
+        return vec![fail("boot", format!("no @@BOOTED line; console in {}", vm.log_path.display()))];
+    };
+    eprintln!("   {booted} ({:.1}s)", vm.started.elapsed().as_secs_f64());
+
+    // Run until the guest powers off. A test that shows no result line for
+    // test_timeout seconds is a hang: stop the guest.
+    let mut last_progress = Instant::now();
+    let mut done = false;
+    let mut verdict = None;
+    loop {
+        match vm.next_line(Duration::from_secs(1)) {
+            Ok(Some(l)) => {
+                let l = l.to_string();
+                let content = l.trim_start_matches("# ");
+                if ktap::parse_result(content).is_some() {
+                    last_progress = Instant::now();
+                }
+                if l.starts_with("@@KSFT-DONE") {
+                    done = true;
+                    eprintln!("   {l} ({:.1}s)", vm.started.elapsed().as_secs_f64());
+                    last_progress = Instant::now();
+                }
+                if l.starts_with("@@POWEROFF") {
+                    break;
+                }
+            }
+            Ok(None) => {}
+            Err(()) => break,
+        }
+        if last_progress.elapsed() > a.test_timeout {
+            verdict = Some(format!("no test result for {}s: killed the guest", a.test_timeout.as_secs()));
+            break;
+        }
+    }
+    vm.finish(Duration::from_secs(5));
+    results.extend(ktap::parse(&vm.log));
+    if !done {
+        let why = verdict.unwrap_or_else(|| "the guest stopped before the suite finished".into());
+        results.push(fail("suite finished", format!("{why}; console in {}", vm.log_path.display())));
+    }
+    let reports = logscan::kernel_reports(&vm.log);
+    if reports.is_empty() {
+        results.push(TestResult { name: "kernel log clean".into(), status: Status::Pass, note: String::new() });
+    } else {
+        for r in &reports {
+            eprintln!("!! kernel report at {}:{}:", vm.log_path.display(), r.line);
+            for l in &r.text {
+                eprintln!("   | {l}");
+            }
+        }
+        results.push(fail("kernel log clean", format!("{} report(s)", reports.len())));
+    }
+    if vm.log.iter().any(|l| l.starts_with("@@KMEMLEAK-END")) {
+        let leaks = logscan::kmemleak(&vm.log);
+        if leaks.is_empty() {
+            results.push(TestResult { name: "kmemleak clean".into(), status: Status::Pass, note: String::new() });
+        } else {
+            eprintln!("!! kmemleak ({}):", vm.log_path.display());
+            for l in &leaks {
+                eprintln!("   | {l}");
+            }
+            results.push(fail("kmemleak clean", "suspected leaks"));
+        }
+    }
+    for t in results.iter().filter(|t| t.status == Status::Fail) {
+        let lines = excerpt(&vm.log, t);
+        if !lines.is_empty() {
+            eprintln!("!! {} failed ({}):", t.name, vm.log_path.display());
+            for l in lines {
+                eprintln!("   | {l}");
+            }
+        }
+    }
+    results
+}
+
+fn check(a: &Args) -> ExitCode {
+    let start = Instant::now();
+    let mut rows = Vec::new();
+    for driver in &a.drivers {
+        for device in &a.devices {
+            for result in check_one(a, driver, device) {
+                rows.push(Row { driver: driver.clone(), device: device.name(), result });
+            }
+        }
+    }
+    let w = |f: &dyn Fn(&Row) -> usize, min| rows.iter().map(f).max().unwrap_or(0).max(min);
+    let (wd, wv, wt) = (
+        w(&|r| r.driver.len(), 6),
+        w(&|r| r.device.len(), 6),
+        w(&|r| r.result.name.len(), 4),
+    );
+    println!("\n{:wd$}  {:wv$}  {:wt$}  result", "driver", "device", "test");
+    for r in &rows {
+        let s = match r.result.status {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        };
+        let note = if r.result.note.is_empty() { String::new() } else { format!("  ({})", r.result.note) };
+        println!("{:wd$}  {:wv$}  {:wt$}  {s}{note}", r.driver, r.device, r.result.name);
+    }
+    let count = |s| rows.iter().filter(|r| r.result.status == s).count();
+    let (p, f, s) = (count(Status::Pass), count(Status::Fail), count(Status::Skip));
+    println!("\nconsole logs in {}; suite time {:.0}s", a.log_dir.display(), start.elapsed().as_secs_f64());
+    let skipped = if s > 0 { format!(", {s} skipped") } else { String::new() };
+    println!("{p} passed, {f} failed{skipped}");
+    if f > 0 || p == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Latest `@@GUEST MemTotal:.. MemFree:.. Balloon:..` values, in KiB.
+fn guest_view(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("@@GUEST ")?;
+    let get = |k: &str| {
+        rest.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((get("MemTotal:")?, get("Balloon:")?))
+}
+
+fn bar(frac: f64, width: usize) -> String {
+    let n = ((frac.clamp(0.0, 1.0)) * width as f64).round() as usize;
+    format!("[{}{}]", "#".repeat(n), ".".repeat(width - n))
+}
+
+/// Boots in demo mode; returns the bound driver ("none" if none) and the VM.
+fn demo_boot(a: &Args, driver: &str) -> Result<(String, Vm), String> {
+    let cfg = config(a, driver, &a.devices[0], "demo");
+    println!("booting a {} MiB guest with {driver} ({} accel, device {})...", a.mem, a.accel, a.devices[0].name());
+    let mut vm = Vm::start(&cfg).map_err(|e| e.to_string())?;
+    let bound = vm
+        .wait_for("@@BOUND", Duration::from_secs(300))
+        .ok_or(format!("the guest did not come up; console in {}", vm.log_path.display()))?;
+    let name = bound.split_whitespace().nth(1).unwrap_or("none").to_string();
+    println!("guest up after {:.1}s, balloon device bound to: {name}", vm.started.elapsed().as_secs_f64());
+    Ok((name, vm))
+}
+
+fn demo(a: &Args) -> ExitCode {
+    let mut driver = a.drivers[0].clone();
+    let (mut bound, mut vm) = match demo_boot(a, &driver) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if bound != driver {
+        println!("\n{driver} did not bind to the balloon device: our driver is not implemented yet.");
+        let Some(fb) = &a.fallback else { return ExitCode::SUCCESS };
+        println!("Showing the same demo with {fb}, the C driver, instead.\n");
+        drop(vm);
+        driver = fb.clone();
+        match demo_boot(a, &driver) {
+            Ok((b, v)) => (bound, vm) = (b, v),
+            Err(e) => {
+                eprintln!("demo: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        if bound != driver {
+            eprintln!("demo: {driver} did not bind either; console in {}", vm.log_path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let mib = 1u64 << 20;
+    let ram = a.mem * mib;
+    let steps = [ram - 256 * mib, ram - 512 * mib, ram - 256 * mib, ram];
+    let mut guest = (0, 0);
+    for target in steps {
+        println!("\nhost: balloon target {} MiB (balloon {} MiB)", target / mib, (ram - target) / mib);
+        let qmp = vm.qmp.clone();
+        if let Err(e) = qmp.lock().unwrap().set_target(target as i64) {
+            eprintln!("demo: QMP balloon: {e}");
+            return ExitCode::FAILURE;
+        }
+        let start = Instant::now();
+        let mut last_print = Instant::now() - Duration::from_secs(1);
+        loop {
+            while let Ok(Some(l)) = vm.next_line(Duration::from_millis(10)) {
+                if let Some(g) = guest_view(l) {
+                    guest = g;
+                }
+            }
+            let actual = qmp.lock().unwrap().actual().unwrap_or(-1) as u64;
+            let want = (ram - target) as f64;
+            let have = (ram - actual.min(ram)) as f64;
+            let frac = if want > 0.0 { have / want } else { 1.0 - have / (256.0 * mib as f64) };
+            let reached = actual == target && guest.1 * 1024 == ram - target;
+            if reached || last_print.elapsed() > Duration::from_millis(500) {
+                println!(
+                    "  {:5.1}s  host actual {:5} MiB {}  |  guest Balloon {:4} MiB, MemTotal {:5} MiB",
+                    start.elapsed().as_secs_f64(),
+                    actual / mib,
+                    bar(frac, 20),
+                    guest.1 / 1024,
+                    guest.0 / 1024
+                );
+                last_print = Instant::now();
+            }
+            if reached {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                eprintln!("demo: the balloon did not reach the target in 120s");
+                return ExitCode::FAILURE;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    println!("\n{driver}: inflated and deflated; every page is back in the guest.");
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.is_empty() || argv[0] == "--help" || argv[0] == "-h" {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let a = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("balloon-vmtest: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match a.cmd.as_str() {
+        "check" => check(&a),
+        "demo" => demo(&a),
+        c => {
+            eprintln!("balloon-vmtest: unknown command {c}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn args() {
+        let a = parse_args(&s(&["check", "--kernel", "k", "--initrd", "i", "--driver", "a", "--driver", "b", "--device", "deflate-on-oom"])).unwrap();
+        assert_eq!(a.drivers, vec!["a", "b"]);
+        assert!(a.devices[0].deflate_on_oom);
+        assert_eq!(a.accel, "tcg");
+        assert!(parse_args(&s(&["check", "--kernel", "k"])).is_err());
+        assert!(parse_args(&s(&["check", "--kernel", "k", "--initrd", "i", "--mem", "x"])).is_err());
+    }
+
+    #[test]
+    fn guest_line() {
+        assert_eq!(guest_view("@@GUEST MemTotal:1000 MemFree:500 Balloon:128 "), Some((1000, 128)));
+        assert_eq!(guest_view("other"), None);
+    }
+
+    #[test]
+    fn excerpt_of_failed_subtest() {
+        let log = s(&[
+            "# #  RUN           balloon.a ...",
+            "# #            OK  balloon.a",
+            "# ok 1 balloon.a",
+            "# #  RUN           balloon.b ...",
+            "# # balloon_test.c:10:b:Expected 1 (1) == 2 (2)",
+            "# not ok 2 balloon.b",
+        ]);
+        let t = fail("balloon_test:balloon.b", "");
+        let e = excerpt(&log, &t);
+        assert_eq!(e.first().unwrap(), "# #  RUN           balloon.b ...");
+        assert_eq!(e.len(), 3);
+    }
+}

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Typed QMP client for the commands the balloon tests use.
+
+use qapi::{qmp, Qmp, Stream};
+use serde_json::Value;
+use std::io::{self, BufReader};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// QOM path of the balloon device the harness creates.
+pub const BALLOON_PATH: &str = "/machine/peripheral/balloon0";
+
+type Conn = Qmp<Stream<BufReader<UnixStream>, UnixStream>>;
+
+pub struct Monitor {
+    qmp: Conn,
+    /// Every QMP event seen, as (event name, data), oldest first.
+    pub events: Vec<(String, Value)>,
+}
+
+fn err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl Monitor {
+    pub fn new(sock: UnixStream) -> io::Result<Self> {
+        let reader = BufReader::new(sock.try_clone()?);
+        let mut qmp = Qmp::new(Stream::new(reader, sock));
+        qmp.handshake().map_err(err)?;
+        Ok(Monitor { qmp, events: Vec::new() })
+    }
+
+    fn run<C: qapi::Command>(&mut self, cmd: &C) -> io::Result<C::Ok> {
+        let r = self.qmp.execute(cmd).map_err(err);
+        for ev in self.qmp.events() {
+            let v = serde_json::to_value(&ev).unwrap_or(Value::Null);
+            let name = v.get("event").and_then(Value::as_str).unwrap_or("?").to_string();
+            self.events.push((name, v.get("data").cloned().unwrap_or(Value::Null)));
+        }
+        r
+    }
+
+    /// The balloon's size as the host sees it: guest RAM minus what the
+    /// driver reported in `actual`, in bytes.
+    pub fn actual(&mut self) -> io::Result<i64> {
+        Ok(self.run(&qmp::query_balloon {})?.actual)
+    }
+
+    /// Asks the guest to shrink (or grow) to `bytes` of RAM.
+    pub fn set_target(&mut self, bytes: i64) -> io::Result<()> {
+        self.run(&qmp::balloon { value: bytes }).map(|_| ())
+    }
+
+    pub fn qom_get(&mut self, property: &str) -> io::Result<Value> {
+        let v = self.run(&qmp::qom_get { path: BALLOON_PATH.into(), property: property.into() })?;
+        serde_json::to_value(v).map_err(err)
+    }
+
+    pub fn qom_set(&mut self, property: &str, value: Value) -> io::Result<()> {
+        let cmd = qmp::qom_set { path: BALLOON_PATH.into(), property: property.into(), value };
+        self.run(&cmd).map(|_| ())
+    }
+
+    /// `guest-stats` of the balloon device: the `stats` object and `last-update`.
+    pub fn guest_stats(&mut self) -> io::Result<(Value, i64)> {
+        let v = self.qom_get("guest-stats")?;
+        let last = v.get("last-update").and_then(Value::as_i64).unwrap_or(0);
+        Ok((v.get("stats").cloned().unwrap_or(Value::Null), last))
+    }
+
+    /// Migrates the VM into `uri`, waits for the end and resumes it.
+    /// Returns the RAM bytes transferred.
+    pub fn migrate(&mut self, uri: &str, timeout: Duration) -> io::Result<i64> {
+        let cmd = qmp::migrate { uri: Some(uri.into()), channels: None, detach: None, resume: None };
+        self.run(&cmd)?;
+        let start = Instant::now();
+        loop {
+            let info = self.run(&qmp::query_migrate {})?;
+            let v = serde_json::to_value(&info).map_err(err)?;
+            match v.get("status").and_then(Value::as_str) {
+                Some("completed") => {
+                    self.run(&qmp::cont {})?;
+                    return Ok(v.pointer("/ram/transferred").and_then(Value::as_i64).unwrap_or(0));
+                }
+                Some(s @ ("failed" | "cancelled")) => {
+                    let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("");
+                    return Err(err(format!("migration {s}: {why}")));
+                }
+                _ if start.elapsed() > timeout => return Err(err("migration timed out")),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    pub fn system_reset(&mut self) -> io::Result<()> {
+        self.run(&qmp::system_reset {}).map(|_| ())
+    }
+
+    pub fn quit(&mut self) {
+        let _ = self.qmp.write_command(&qmp::quit {});
+    }
+}

@@ -1,0 +1,289 @@
+// SPDX-License-Identifier: GPL-2.0
+//! A QEMU guest with a virtio-balloon device, its console, QMP monitor and
+//! the virtio-serial control port the guest tests talk to.
+
+use crate::agent;
+use crate::qmp::Monitor;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Properties of the balloon device for one boot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Device {
+    pub deflate_on_oom: bool,
+    pub free_page_reporting: bool,
+    pub free_page_hint: bool,
+    /// guest-stats-polling-interval in seconds, 0 for off.
+    pub stats_interval: u32,
+}
+
+impl Device {
+    /// Parses a comma-separated list such as `deflate-on-oom,stats=2`;
+    /// `plain` or an empty string is the device with no options.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut d = Device::default();
+        for opt in s.split(',').filter(|o| !o.is_empty() && *o != "plain") {
+            match opt {
+                "deflate-on-oom" => d.deflate_on_oom = true,
+                "free-page-reporting" => d.free_page_reporting = true,
+                "free-page-hint" => d.free_page_hint = true,
+                _ => match opt.strip_prefix("stats=").map(str::parse) {
+                    Some(Ok(n)) => d.stats_interval = n,
+                    _ => return Err(format!("unknown device option '{opt}'")),
+                },
+            }
+        }
+        Ok(d)
+    }
+
+    /// Short name for tables and log files.
+    pub fn name(&self) -> String {
+        let mut v = Vec::new();
+        if self.deflate_on_oom {
+            v.push("deflate-on-oom".to_string());
+        }
+        if self.free_page_reporting {
+            v.push("free-page-reporting".into());
+        }
+        if self.free_page_hint {
+            v.push("free-page-hint".into());
+        }
+        if self.stats_interval > 0 {
+            v.push(format!("stats={}", self.stats_interval));
+        }
+        if v.is_empty() {
+            "plain".into()
+        } else {
+            v.join(",")
+        }
+    }
+
+    /// The `-device` argument.
+    pub fn qemu_arg(&self) -> String {
+        let onoff = |b: bool| if b { "on" } else { "off" };
+        let mut s = format!(
+            "virtio-balloon-pci,id=balloon0,deflate-on-oom={},free-page-reporting={}",
+            onoff(self.deflate_on_oom),
+            onoff(self.free_page_reporting)
+        );
+        if self.free_page_hint {
+            s += ",free-page-hint=on,iothread=iot0";
+        }
+        if self.stats_interval > 0 {
+            s += &format!(",guest-stats-polling-interval={}", self.stats_interval);
+        }
+        s
+    }
+}
+
+pub struct Config {
+    pub qemu: String,
+    pub accel: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub mem_mib: u64,
+    pub cpus: u32,
+    pub driver: String,
+    pub mode: String,
+    pub device: Device,
+    /// Directory for sockets and the console log.
+    pub dir: PathBuf,
+    pub log_name: String,
+}
+
+impl Config {
+    pub fn qemu_args(&self) -> Vec<String> {
+        let d = self.dir.display();
+        let mut a: Vec<String> = vec!["-accel".into(), self.accel.clone()];
+        if self.accel == "kvm" {
+            a.extend(["-cpu".into(), "host".into()]);
+        }
+        a.extend(
+            [
+                "-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.mem_mib),
+                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-kernel", &self.kernel.display().to_string(),
+                "-initrd", &self.initrd.display().to_string(),
+                "-append",
+                &format!("console=ttyS0 panic=-1 vb.driver={} vb.mode={}", self.driver, self.mode),
+                "-chardev", &format!("socket,id=con0,path={d}/console.sock,server=on,wait=on"),
+                "-serial", "chardev:con0",
+                "-qmp", &format!("unix:{d}/qmp.sock,server=on,wait=off"),
+                "-device", "virtio-serial-pci,id=vser0",
+                "-chardev", &format!("socket,id=bctl,path={d}/ctl.sock,server=on,wait=off"),
+                "-device", "virtserialport,bus=vser0.0,chardev=bctl,name=org.kselftest.balloon",
+            ]
+            .map(String::from),
+        );
+        if self.device.free_page_hint {
+            a.extend(["-object".into(), "iothread,id=iot0".into()]);
+        }
+        a.extend(["-device".into(), self.device.qemu_arg()]);
+        a
+    }
+}
+
+pub struct Vm {
+    child: Child,
+    pub qmp: Arc<Mutex<Monitor>>,
+    lines: Receiver<String>,
+    /// Every console line so far.
+    pub log: Vec<String>,
+    pub log_path: PathBuf,
+    pub started: Instant,
+}
+
+fn connect_retry(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+impl Vm {
+    pub fn start(cfg: &Config) -> io::Result<Vm> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        for s in ["console.sock", "qmp.sock", "ctl.sock"] {
+            let _ = std::fs::remove_file(cfg.dir.join(s));
+        }
+        let log_path = cfg.dir.join(format!("{}.log", cfg.log_name));
+        let qemu_err = File::create(cfg.dir.join(format!("{}.qemu.log", cfg.log_name)))?;
+        let mut child = Command::new(&cfg.qemu)
+            .args(cfg.qemu_args())
+            .stdin(Stdio::null())
+            .stdout(qemu_err.try_clone()?)
+            .stderr(qemu_err)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", cfg.qemu)))?;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        let console = match connect_retry(&cfg.dir.join("console.sock"), deadline) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = child.kill();
+                let why = std::fs::read_to_string(cfg.dir.join(format!("{}.qemu.log", cfg.log_name)))
+                    .unwrap_or_default();
+                return Err(io::Error::other(format!("QEMU did not start: {e}\n{why}")));
+            }
+        };
+        let qmp = Monitor::new(connect_retry(&cfg.dir.join("qmp.sock"), deadline)?)?;
+        let qmp = Arc::new(Mutex::new(qmp));
+        let ctl = connect_retry(&cfg.dir.join("ctl.sock"), deadline)?;
+        agent::spawn(ctl, qmp.clone(), cfg.mem_mib << 20, cfg.device.clone(), child.id());
+
+        let (tx, lines) = mpsc::channel();
+        let mut file = File::create(&log_path)?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(console).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                let _ = writeln!(file, "{line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Vm { child, qmp, lines, log: Vec::new(), log_path, started })
+    }
+
+    /// Next console line, `None` on timeout, `Err` when the console closed.
+    pub fn next_line(&mut self, timeout: Duration) -> Result<Option<&str>, ()> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => {
+                self.log.push(l);
+                Ok(self.log.last().map(String::as_str))
+            }
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(()),
+        }
+    }
+
+    /// Reads console lines until one starts with `prefix`; returns it.
+    pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next_line(left) {
+                Ok(Some(l)) if l.starts_with(prefix) => return Some(l.to_string()),
+                Ok(_) => {}
+                Err(()) => return None,
+            }
+        }
+        None
+    }
+
+    /// Reads the rest of the console until QEMU exits or `timeout` passes,
+    /// then makes sure QEMU is gone.
+    pub fn finish(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if self.next_line(left).is_err() {
+                break;
+            }
+        }
+        self.kill();
+    }
+
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Ok(mut q) = self.qmp.try_lock() {
+                q.quit();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_options() {
+        assert_eq!(Device::parse("plain").unwrap(), Device::default());
+        let d = Device::parse("deflate-on-oom,free-page-hint,stats=2").unwrap();
+        assert!(d.deflate_on_oom && d.free_page_hint && !d.free_page_reporting);
+        assert_eq!(d.stats_interval, 2);
+        assert_eq!(d.name(), "deflate-on-oom,free-page-hint,stats=2");
+        assert!(d.qemu_arg().contains("free-page-hint=on,iothread=iot0"));
+        assert!(Device::parse("bogus").is_err());
+    }
+
+    #[test]
+    fn qemu_command_line() {
+        let cfg = Config {
+            qemu: "qemu-system-x86_64".into(),
+            accel: "tcg".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            mem_mib: 1024,
+            cpus: 2,
+            driver: "virtio_balloon".into(),
+            mode: "check".into(),
+            device: Device::parse("free-page-hint").unwrap(),
+            dir: "/w".into(),
+            log_name: "x".into(),
+        };
+        let a = cfg.qemu_args().join(" ");
+        assert!(a.starts_with("-accel tcg -smp 2 -m 1024M"));
+        assert!(a.contains("vb.driver=virtio_balloon vb.mode=check"));
+        assert!(a.contains("-object iothread,id=iot0 -device virtio-balloon-pci,id=balloon0"));
+        assert!(!a.contains("-cpu host"));
+    }
+}
