@@ -20,7 +20,7 @@ struct VirtioBalloonRust;
 
 impl kernel::Module for VirtioBalloonRust {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        pr_info!("loaded; driver not implemented yet, the device stays unbound\n");
+        pr_info!("loaded; the driver is not implemented yet, the device stays unbound\n");
         Ok(VirtioBalloonRust)
     }
 }

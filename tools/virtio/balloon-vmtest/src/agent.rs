@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The host end of the org.kselftest.balloon port: one request line from a
 //! guest test, one answer line back, always (`ok ...` or `err ...`), so a
-//! guest test never blocks on a host that gave up.
+//! guest test never blocks on a host that gave up. A request may start with
+//! an id (`#123.4 target 1024`); the answer then starts with the same id, so
+//! a guest test never takes an answer meant for an earlier, killed test.
 //!
 //! | request          | answer                                            |
 //! |------------------|---------------------------------------------------|
@@ -24,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long `target` waits for the guest to reach it.
-pub const TARGET_TIMEOUT: Duration = Duration::from_secs(120);
+pub const TARGET_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `stats` waits for two fresh updates.
 const STATS_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -141,7 +143,9 @@ impl Agent {
                 return Ok(stats_line(&stats));
             }
             if start.elapsed() > STATS_TIMEOUT {
-                return Err(io::Error::other(format!("no fresh guest-stats (last-update {last})")));
+                return Err(io::Error::other(format!(
+                    "no fresh guest-stats (last-update {last})"
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -164,22 +168,38 @@ impl Agent {
             Request::Target(b) => self.target(b)?,
             Request::Stats => self.stats()?,
             Request::Rss => rss(self.qemu_pid)?.to_string(),
-            Request::Migrate => {
-                lock(&self.qmp).migrate("exec:cat > /dev/null", Duration::from_secs(300))?.to_string()
-            }
+            Request::Migrate => lock(&self.qmp)
+                .migrate("exec:cat > /dev/null", Duration::from_secs(300))?
+                .to_string(),
             Request::Reset | Request::Wait(_) => String::new(),
         })
     }
 }
 
+/// Splits a request line into its optional `#id ` prefix and the request.
+pub fn split_id(line: &str) -> (&str, &str) {
+    match line.strip_prefix('#').and_then(|r| r.split_once(' ')) {
+        Some((id, rest)) => (&line[..id.len() + 2], rest),
+        None => ("", line),
+    }
+}
+
 /// Serves requests on `port` until the VM goes away.
 pub fn spawn(port: UnixStream, qmp: Arc<Mutex<Monitor>>, ram: u64, device: Device, qemu_pid: u32) {
-    let agent = Agent { qmp, ram, device, qemu_pid };
+    let agent = Agent {
+        qmp,
+        ram,
+        device,
+        qemu_pid,
+    };
     std::thread::spawn(move || {
-        let Ok(mut out) = port.try_clone() else { return };
+        let Ok(mut out) = port.try_clone() else {
+            return;
+        };
         for line in BufReader::new(port).lines() {
             let Ok(line) = line else { break };
-            let req = parse(&line);
+            let (id, line) = split_id(&line);
+            let req = parse(line);
             let reply = match req {
                 Ok(Request::Wait(ms)) => {
                     std::thread::sleep(Duration::from_millis(ms));
@@ -189,7 +209,7 @@ pub fn spawn(port: UnixStream, qmp: Arc<Mutex<Monitor>>, ram: u64, device: Devic
                     let reset = r == Request::Reset;
                     let a = agent.answer(r);
                     if reset {
-                        let _ = writeln!(out, "ok");
+                        let _ = writeln!(out, "{id}ok");
                         let _ = lock(&agent.qmp).system_reset();
                         continue;
                     }
@@ -201,7 +221,7 @@ pub fn spawn(port: UnixStream, qmp: Arc<Mutex<Monitor>>, ram: u64, device: Devic
                 }
                 Err(e) => format!("err {e}"),
             };
-            if writeln!(out, "{}", reply.replace('\n', " ")).is_err() {
+            if writeln!(out, "{id}{}", reply.replace('\n', " ")).is_err() {
                 break;
             }
         }
@@ -227,8 +247,16 @@ mod tests {
     }
 
     #[test]
+    fn request_ids() {
+        assert_eq!(split_id("#12.3 target 5"), ("#12.3 ", "target 5"));
+        assert_eq!(split_id("target 5"), ("", "target 5"));
+        assert_eq!(split_id("#lonely"), ("", "#lonely"));
+    }
+
+    #[test]
     fn stats_are_flat_and_sorted() {
-        let v: Value = serde_json::from_str(r#"{"stat-total-memory": 10, "stat-free-memory": -1}"#).unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"stat-total-memory": 10, "stat-free-memory": -1}"#).unwrap();
         assert_eq!(stats_line(&v), "stat-free-memory=-1 stat-total-memory=10");
         assert_eq!(stats_line(&Value::Null), "");
     }

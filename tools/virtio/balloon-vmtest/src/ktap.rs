@@ -28,7 +28,9 @@ pub fn parse_result(line: &str) -> Option<(bool, String, String)> {
     } else {
         return None;
     };
-    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
+    let rest = rest
+        .trim_start_matches(|c: char| c.is_ascii_digit())
+        .trim_start();
     let (name, note) = match rest.find(" # ") {
         Some(i) => (&rest[..i], rest[i + 3..].trim()),
         None => (rest, ""),
@@ -66,7 +68,9 @@ pub fn parse(lines: &[String]) -> Vec<TestResult> {
     let mut subtests: Vec<TestResult> = Vec::new();
     for raw in lines {
         let (d, line) = depth(raw.trim_end());
-        let Some((ok, name, note)) = parse_result(line) else { continue };
+        let Some((ok, name, note)) = parse_result(line) else {
+            continue;
+        };
         match d {
             0 => {
                 // "selftests: drivers/virtio_balloon: balloon_test" -> "balloon_test"
@@ -79,10 +83,18 @@ pub fn parse(lines: &[String]) -> Vec<TestResult> {
                     out.push(t);
                 }
                 if empty || (st == Status::Fail && !subtests_failed) {
-                    out.push(TestResult { name: prog, status: st, note });
+                    out.push(TestResult {
+                        name: prog,
+                        status: st,
+                        note,
+                    });
                 }
             }
-            1 => subtests.push(TestResult { name, status: status(ok, &note), note }),
+            1 => subtests.push(TestResult {
+                name,
+                status: status(ok, &note),
+                note,
+            }),
             _ => {}
         }
     }
@@ -99,12 +111,18 @@ mod tests {
 
     #[test]
     fn result_lines() {
-        assert_eq!(parse_result("ok 1 a.b"), Some((true, "a.b".into(), "".into())));
+        assert_eq!(
+            parse_result("ok 1 a.b"),
+            Some((true, "a.b".into(), "".into()))
+        );
         assert_eq!(
             parse_result("not ok 12 - x # TIMEOUT 45 seconds"),
             Some((false, "x".into(), "TIMEOUT 45 seconds".into()))
         );
-        assert_eq!(parse_result("ok 2 y # SKIP no device"), Some((true, "y".into(), "SKIP no device".into())));
+        assert_eq!(
+            parse_result("ok 2 y # SKIP no device"),
+            Some((true, "y".into(), "SKIP no device".into()))
+        );
         assert_eq!(parse_result("# ok 1 y"), None);
         assert_eq!(parse_result("okay"), None);
     }

@@ -49,7 +49,10 @@ pub fn kernel_reports(lines: &[String]) -> Vec<Report> {
                     break;
                 }
             }
-            out.push(Report { line: i + 1, text: lines[i..end].to_vec() });
+            out.push(Report {
+                line: i + 1,
+                text: lines[i..end].to_vec(),
+            });
             i = end;
         } else {
             i += 1;

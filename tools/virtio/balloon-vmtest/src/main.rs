@@ -121,7 +121,11 @@ struct Row {
 }
 
 fn fail(name: &str, note: impl Into<String>) -> TestResult {
-    TestResult { name: name.into(), status: Status::Fail, note: note.into() }
+    TestResult {
+        name: name.into(),
+        status: Status::Fail,
+        note: note.into(),
+    }
 }
 
 /// Console lines that explain a failed kselftest: from its RUN line (or the
@@ -132,7 +136,9 @@ fn excerpt(log: &[String], t: &TestResult) -> Vec<String> {
         let l = l.trim_start_matches("# ");
         ktap::parse_result(l).is_some_and(|(_, n, _)| n == sub || n.ends_with(&format!(": {sub}")))
     };
-    let Some(end) = log.iter().position(|l| is_result(l)) else { return vec![] };
+    let Some(end) = log.iter().position(|l| is_result(l)) else {
+        return vec![];
+    };
     let start = log[..end]
         .iter()
         .rposition(|l| {
@@ -150,7 +156,11 @@ fn l_is_run(l: &str, sub: &str) -> bool {
 /// Boots once and runs the suite; returns the leaf results of that boot.
 fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
     let cfg = config(a, driver, device, "check");
-    eprintln!(">> boot: driver {driver}, device {} ({} accel)", device.name(), a.accel);
+    eprintln!(
+        ">> boot: driver {driver}, device {} ({} accel)",
+        device.name(),
+        a.accel
+    );
     let mut vm = match Vm::start(&cfg) {
         Ok(vm) => vm,
         Err(e) => return vec![fail("boot", e.to_string())],
@@ -158,7 +168,10 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
     let mut results = Vec::new();
     let Some(booted) = vm.wait_for("@@BOOTED", Duration::from_secs(300)) else {
         vm.finish(Duration::from_secs(1));
-        return vec![fail("boot", format!("no @@BOOTED line; console in {}", vm.log_path.display()))];
+        return vec![fail(
+            "boot",
+            format!("no @@BOOTED line; console in {}", vm.log_path.display()),
+        )];
     };
     eprintln!("   {booted} ({:.1}s)", vm.started.elapsed().as_secs_f64());
 
@@ -188,7 +201,10 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
             Err(()) => break,
         }
         if last_progress.elapsed() > a.test_timeout {
-            verdict = Some(format!("no test result for {}s: killed the guest", a.test_timeout.as_secs()));
+            verdict = Some(format!(
+                "no test result for {}s: killed the guest",
+                a.test_timeout.as_secs()
+            ));
             break;
         }
     }
@@ -196,11 +212,18 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
     results.extend(ktap::parse(&vm.log));
     if !done {
         let why = verdict.unwrap_or_else(|| "the guest stopped before the suite finished".into());
-        results.push(fail("suite finished", format!("{why}; console in {}", vm.log_path.display())));
+        results.push(fail(
+            "suite finished",
+            format!("{why}; console in {}", vm.log_path.display()),
+        ));
     }
     let reports = logscan::kernel_reports(&vm.log);
     if reports.is_empty() {
-        results.push(TestResult { name: "kernel log clean".into(), status: Status::Pass, note: String::new() });
+        results.push(TestResult {
+            name: "kernel log clean".into(),
+            status: Status::Pass,
+            note: String::new(),
+        });
     } else {
         for r in &reports {
             eprintln!("!! kernel report at {}:{}:", vm.log_path.display(), r.line);
@@ -208,12 +231,19 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
                 eprintln!("   | {l}");
             }
         }
-        results.push(fail("kernel log clean", format!("{} report(s)", reports.len())));
+        results.push(fail(
+            "kernel log clean",
+            format!("{} report(s)", reports.len()),
+        ));
     }
     if vm.log.iter().any(|l| l.starts_with("@@KMEMLEAK-END")) {
         let leaks = logscan::kmemleak(&vm.log);
         if leaks.is_empty() {
-            results.push(TestResult { name: "kmemleak clean".into(), status: Status::Pass, note: String::new() });
+            results.push(TestResult {
+                name: "kmemleak clean".into(),
+                status: Status::Pass,
+                note: String::new(),
+            });
         } else {
             eprintln!("!! kmemleak ({}):", vm.log_path.display());
             for l in &leaks {
@@ -240,7 +270,11 @@ fn check(a: &Args) -> ExitCode {
     for driver in &a.drivers {
         for device in &a.devices {
             for result in check_one(a, driver, device) {
-                rows.push(Row { driver: driver.clone(), device: device.name(), result });
+                rows.push(Row {
+                    driver: driver.clone(),
+                    device: device.name(),
+                    result,
+                });
             }
         }
     }
@@ -250,20 +284,42 @@ fn check(a: &Args) -> ExitCode {
         w(&|r| r.device.len(), 6),
         w(&|r| r.result.name.len(), 4),
     );
-    println!("\n{:wd$}  {:wv$}  {:wt$}  result", "driver", "device", "test");
+    println!(
+        "\n{:wd$}  {:wv$}  {:wt$}  result",
+        "driver", "device", "test"
+    );
     for r in &rows {
         let s = match r.result.status {
             Status::Pass => "PASS",
             Status::Fail => "FAIL",
             Status::Skip => "SKIP",
         };
-        let note = if r.result.note.is_empty() { String::new() } else { format!("  ({})", r.result.note) };
-        println!("{:wd$}  {:wv$}  {:wt$}  {s}{note}", r.driver, r.device, r.result.name);
+        let note = if r.result.note.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", r.result.note)
+        };
+        println!(
+            "{:wd$}  {:wv$}  {:wt$}  {s}{note}",
+            r.driver, r.device, r.result.name
+        );
     }
     let count = |s| rows.iter().filter(|r| r.result.status == s).count();
-    let (p, f, s) = (count(Status::Pass), count(Status::Fail), count(Status::Skip));
-    println!("\nconsole logs in {}; suite time {:.0}s", a.log_dir.display(), start.elapsed().as_secs_f64());
-    let skipped = if s > 0 { format!(", {s} skipped") } else { String::new() };
+    let (p, f, s) = (
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Skip),
+    );
+    println!(
+        "\nconsole logs in {}; suite time {:.0}s",
+        a.log_dir.display(),
+        start.elapsed().as_secs_f64()
+    );
+    let skipped = if s > 0 {
+        format!(", {s} skipped")
+    } else {
+        String::new()
+    };
     println!("{p} passed, {f} failed{skipped}");
     if f > 0 || p == 0 {
         ExitCode::FAILURE
@@ -283,6 +339,14 @@ fn guest_view(line: &str) -> Option<(u64, u64)> {
     Some((get("MemTotal:")?, get("Balloon:")?))
 }
 
+/// How far the balloon has moved from `from` towards `to` (bytes), 0 to 1.
+fn progress(from: u64, now: u64, to: u64) -> f64 {
+    if from == to {
+        return 1.0;
+    }
+    (now as f64 - from as f64) / (to as f64 - from as f64)
+}
+
 fn bar(frac: f64, width: usize) -> String {
     let n = ((frac.clamp(0.0, 1.0)) * width as f64).round() as usize;
     format!("[{}{}]", "#".repeat(n), ".".repeat(width - n))
@@ -291,13 +355,28 @@ fn bar(frac: f64, width: usize) -> String {
 /// Boots in demo mode; returns the bound driver ("none" if none) and the VM.
 fn demo_boot(a: &Args, driver: &str) -> Result<(String, Vm), String> {
     let cfg = config(a, driver, &a.devices[0], "demo");
-    println!("booting a {} MiB guest with {driver} ({} accel, device {})...", a.mem, a.accel, a.devices[0].name());
+    println!(
+        "booting a {} MiB guest with {driver} ({} accel, device {})...",
+        a.mem,
+        a.accel,
+        a.devices[0].name()
+    );
     let mut vm = Vm::start(&cfg).map_err(|e| e.to_string())?;
     let bound = vm
         .wait_for("@@BOUND", Duration::from_secs(300))
-        .ok_or(format!("the guest did not come up; console in {}", vm.log_path.display()))?;
-    let name = bound.split_whitespace().nth(1).unwrap_or("none").to_string();
-    println!("guest up after {:.1}s, balloon device bound to: {name}", vm.started.elapsed().as_secs_f64());
+        .ok_or(format!(
+            "the guest did not come up; console in {}",
+            vm.log_path.display()
+        ))?;
+    let name = bound
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("none")
+        .to_string();
+    println!(
+        "guest up after {:.1}s, balloon device bound to: {name}",
+        vm.started.elapsed().as_secs_f64()
+    );
     Ok((name, vm))
 }
 
@@ -311,8 +390,12 @@ fn demo(a: &Args) -> ExitCode {
         }
     };
     if bound != driver {
-        println!("\n{driver} did not bind to the balloon device: our driver is not implemented yet.");
-        let Some(fb) = &a.fallback else { return ExitCode::SUCCESS };
+        println!(
+            "\n{driver} did not bind to the balloon device: our driver is not implemented yet."
+        );
+        let Some(fb) = &a.fallback else {
+            return ExitCode::SUCCESS;
+        };
         println!("Showing the same demo with {fb}, the C driver, instead.\n");
         drop(vm);
         driver = fb.clone();
@@ -324,42 +407,57 @@ fn demo(a: &Args) -> ExitCode {
             }
         }
         if bound != driver {
-            eprintln!("demo: {driver} did not bind either; console in {}", vm.log_path.display());
+            eprintln!(
+                "demo: {driver} did not bind either; console in {}",
+                vm.log_path.display()
+            );
             return ExitCode::FAILURE;
         }
     }
     let mib = 1u64 << 20;
     let ram = a.mem * mib;
     let steps = [ram - 256 * mib, ram - 512 * mib, ram - 256 * mib, ram];
-    let mut guest = (0, 0);
+    let mut guest: Option<(u64, u64)> = None;
     for target in steps {
-        println!("\nhost: balloon target {} MiB (balloon {} MiB)", target / mib, (ram - target) / mib);
+        println!(
+            "\nhost: balloon target {} MiB (balloon {} MiB)",
+            target / mib,
+            (ram - target) / mib
+        );
         let qmp = vm.qmp.clone();
         if let Err(e) = qmp.lock().unwrap().set_target(target as i64) {
             eprintln!("demo: QMP balloon: {e}");
             return ExitCode::FAILURE;
         }
         let start = Instant::now();
+        let from = ram - (qmp.lock().unwrap().actual().unwrap_or(0) as u64).min(ram);
         let mut last_print = Instant::now() - Duration::from_secs(1);
         loop {
             while let Ok(Some(l)) = vm.next_line(Duration::from_millis(10)) {
                 if let Some(g) = guest_view(l) {
-                    guest = g;
+                    guest = Some(g);
                 }
             }
             let actual = qmp.lock().unwrap().actual().unwrap_or(-1) as u64;
-            let want = (ram - target) as f64;
-            let have = (ram - actual.min(ram)) as f64;
-            let frac = if want > 0.0 { have / want } else { 1.0 - have / (256.0 * mib as f64) };
-            let reached = actual == target && guest.1 * 1024 == ram - target;
+            let (want, have) = (ram - target, ram - actual.min(ram));
+            let frac = progress(from, have, want);
+            let reached = actual == target && guest.is_some_and(|g| g.1 * 1024 == ram - target);
             if reached || last_print.elapsed() > Duration::from_millis(500) {
+                let guest_s = match guest {
+                    Some((total, balloon)) => {
+                        format!(
+                            "guest Balloon {:4} MiB, MemTotal {:5} MiB",
+                            balloon / 1024,
+                            total / 1024
+                        )
+                    }
+                    None => "guest: no sample yet".into(),
+                };
                 println!(
-                    "  {:5.1}s  host actual {:5} MiB {}  |  guest Balloon {:4} MiB, MemTotal {:5} MiB",
+                    "  {:5.1}s  host actual {:5} MiB {}  |  {guest_s}",
                     start.elapsed().as_secs_f64(),
                     actual / mib,
                     bar(frac, 20),
-                    guest.1 / 1024,
-                    guest.0 / 1024
                 );
                 last_print = Instant::now();
             }
@@ -410,17 +508,45 @@ mod tests {
 
     #[test]
     fn args() {
-        let a = parse_args(&s(&["check", "--kernel", "k", "--initrd", "i", "--driver", "a", "--driver", "b", "--device", "deflate-on-oom"])).unwrap();
+        let a = parse_args(&s(&[
+            "check",
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--driver",
+            "a",
+            "--driver",
+            "b",
+            "--device",
+            "deflate-on-oom",
+        ]))
+        .unwrap();
         assert_eq!(a.drivers, vec!["a", "b"]);
         assert!(a.devices[0].deflate_on_oom);
         assert_eq!(a.accel, "tcg");
         assert!(parse_args(&s(&["check", "--kernel", "k"])).is_err());
-        assert!(parse_args(&s(&["check", "--kernel", "k", "--initrd", "i", "--mem", "x"])).is_err());
+        assert!(parse_args(&s(&[
+            "check", "--kernel", "k", "--initrd", "i", "--mem", "x"
+        ]))
+        .is_err());
+    }
+
+    #[test]
+    fn progress_both_ways() {
+        assert_eq!(progress(0, 0, 100), 0.0);
+        assert_eq!(progress(0, 50, 100), 0.5);
+        assert_eq!(progress(512, 384, 256), 0.5);
+        assert_eq!(progress(7, 7, 7), 1.0);
+        assert_eq!(bar(0.5, 4), "[##..]");
     }
 
     #[test]
     fn guest_line() {
-        assert_eq!(guest_view("@@GUEST MemTotal:1000 MemFree:500 Balloon:128 "), Some((1000, 128)));
+        assert_eq!(
+            guest_view("@@GUEST MemTotal:1000 MemFree:500 Balloon:128 "),
+            Some((1000, 128))
+        );
         assert_eq!(guest_view("other"), None);
     }
 

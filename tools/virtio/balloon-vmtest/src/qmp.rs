@@ -27,15 +27,23 @@ impl Monitor {
         let reader = BufReader::new(sock.try_clone()?);
         let mut qmp = Qmp::new(Stream::new(reader, sock));
         qmp.handshake().map_err(err)?;
-        Ok(Monitor { qmp, events: Vec::new() })
+        Ok(Monitor {
+            qmp,
+            events: Vec::new(),
+        })
     }
 
     fn run<C: qapi::Command>(&mut self, cmd: &C) -> io::Result<C::Ok> {
         let r = self.qmp.execute(cmd).map_err(err);
         for ev in self.qmp.events() {
             let v = serde_json::to_value(&ev).unwrap_or(Value::Null);
-            let name = v.get("event").and_then(Value::as_str).unwrap_or("?").to_string();
-            self.events.push((name, v.get("data").cloned().unwrap_or(Value::Null)));
+            let name = v
+                .get("event")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            self.events
+                .push((name, v.get("data").cloned().unwrap_or(Value::Null)));
         }
         r
     }
@@ -52,12 +60,19 @@ impl Monitor {
     }
 
     pub fn qom_get(&mut self, property: &str) -> io::Result<Value> {
-        let v = self.run(&qmp::qom_get { path: BALLOON_PATH.into(), property: property.into() })?;
+        let v = self.run(&qmp::qom_get {
+            path: BALLOON_PATH.into(),
+            property: property.into(),
+        })?;
         serde_json::to_value(v).map_err(err)
     }
 
     pub fn qom_set(&mut self, property: &str, value: Value) -> io::Result<()> {
-        let cmd = qmp::qom_set { path: BALLOON_PATH.into(), property: property.into(), value };
+        let cmd = qmp::qom_set {
+            path: BALLOON_PATH.into(),
+            property: property.into(),
+            value,
+        };
         self.run(&cmd).map(|_| ())
     }
 
@@ -71,7 +86,12 @@ impl Monitor {
     /// Migrates the VM into `uri`, waits for the end and resumes it.
     /// Returns the RAM bytes transferred.
     pub fn migrate(&mut self, uri: &str, timeout: Duration) -> io::Result<i64> {
-        let cmd = qmp::migrate { uri: Some(uri.into()), channels: None, detach: None, resume: None };
+        let cmd = qmp::migrate {
+            uri: Some(uri.into()),
+            channels: None,
+            detach: None,
+            resume: None,
+        };
         self.run(&cmd)?;
         let start = Instant::now();
         loop {
@@ -80,7 +100,10 @@ impl Monitor {
             match v.get("status").and_then(Value::as_str) {
                 Some("completed") => {
                     self.run(&qmp::cont {})?;
-                    return Ok(v.pointer("/ram/transferred").and_then(Value::as_i64).unwrap_or(0));
+                    return Ok(v
+                        .pointer("/ram/transferred")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0));
                 }
                 Some(s @ ("failed" | "cancelled")) => {
                     let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("");

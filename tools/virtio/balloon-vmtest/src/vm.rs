@@ -106,18 +106,36 @@ impl Config {
         }
         a.extend(
             [
-                "-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.mem_mib),
-                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-                "-kernel", &self.kernel.display().to_string(),
-                "-initrd", &self.initrd.display().to_string(),
+                "-smp",
+                &self.cpus.to_string(),
+                "-m",
+                &format!("{}M", self.mem_mib),
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-kernel",
+                &self.kernel.display().to_string(),
+                "-initrd",
+                &self.initrd.display().to_string(),
                 "-append",
-                &format!("console=ttyS0 panic=-1 vb.driver={} vb.mode={}", self.driver, self.mode),
-                "-chardev", &format!("socket,id=con0,path={d}/console.sock,server=on,wait=on"),
-                "-serial", "chardev:con0",
-                "-qmp", &format!("unix:{d}/qmp.sock,server=on,wait=off"),
-                "-device", "virtio-serial-pci,id=vser0",
-                "-chardev", &format!("socket,id=bctl,path={d}/ctl.sock,server=on,wait=off"),
-                "-device", "virtserialport,bus=vser0.0,chardev=bctl,name=org.kselftest.balloon",
+                &format!(
+                    "console=ttyS0 panic=-1 vb.driver={} vb.mode={}",
+                    self.driver, self.mode
+                ),
+                "-chardev",
+                &format!("socket,id=con0,path={d}/console.sock,server=on,wait=on"),
+                "-serial",
+                "chardev:con0",
+                "-qmp",
+                &format!("unix:{d}/qmp.sock,server=on,wait=off"),
+                "-device",
+                "virtio-serial-pci,id=vser0",
+                "-chardev",
+                &format!("socket,id=bctl,path={d}/ctl.sock,server=on,wait=off"),
+                "-device",
+                "virtserialport,bus=vser0.0,chardev=bctl,name=org.kselftest.balloon",
             ]
             .map(String::from),
         );
@@ -170,29 +188,45 @@ impl Vm {
             Ok(c) => c,
             Err(e) => {
                 let _ = child.kill();
-                let why = std::fs::read_to_string(cfg.dir.join(format!("{}.qemu.log", cfg.log_name)))
-                    .unwrap_or_default();
+                let why =
+                    std::fs::read_to_string(cfg.dir.join(format!("{}.qemu.log", cfg.log_name)))
+                        .unwrap_or_default();
                 return Err(io::Error::other(format!("QEMU did not start: {e}\n{why}")));
             }
         };
         let qmp = Monitor::new(connect_retry(&cfg.dir.join("qmp.sock"), deadline)?)?;
         let qmp = Arc::new(Mutex::new(qmp));
         let ctl = connect_retry(&cfg.dir.join("ctl.sock"), deadline)?;
-        agent::spawn(ctl, qmp.clone(), cfg.mem_mib << 20, cfg.device.clone(), child.id());
+        agent::spawn(
+            ctl,
+            qmp.clone(),
+            cfg.mem_mib << 20,
+            cfg.device.clone(),
+            child.id(),
+        );
 
         let (tx, lines) = mpsc::channel();
         let mut file = File::create(&log_path)?;
         std::thread::spawn(move || {
             for line in BufReader::new(console).split(b'\n') {
                 let Ok(line) = line else { break };
-                let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                let line = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
                 let _ = writeln!(file, "{line}");
                 if tx.send(line).is_err() {
                     break;
                 }
             }
         });
-        Ok(Vm { child, qmp, lines, log: Vec::new(), log_path, started })
+        Ok(Vm {
+            child,
+            qmp,
+            lines,
+            log: Vec::new(),
+            log_path,
+            started,
+        })
     }
 
     /// Next console line, `None` on timeout, `Err` when the console closed.

@@ -172,38 +172,56 @@ static inline int open_host(void)
 	return fd;
 }
 
+/* Reads one line (without the newline) from @fd; -1 on EOF or error. */
+static inline int read_reply_line(int fd, char *buf, size_t len)
+{
+	size_t got = 0;
+
+	while (got < len - 1) {
+		ssize_t r = read(fd, buf + got, 1);
+
+		if (r <= 0)
+			return -1;
+		if (buf[got] == '\n')
+			break;
+		got++;
+	}
+	buf[got] = '\0';
+	return 0;
+}
+
 /*
- * Sends one request and reads the one-line answer into @reply (without the
+ * Sends one request and reads its one-line answer into @reply (without the
  * leading "ok "). Returns 0 on "ok", -1 on "err" or a broken port; @reply then
- * holds the reason.
+ * holds the reason. Requests carry an id ("#pid.n") that the host echoes, so
+ * an answer meant for an earlier test that was killed while waiting is
+ * skipped rather than taken for this one.
  */
 static inline int host_req(int fd, char *reply, size_t len, const char *fmt, ...)
 {
-	char req[256];
-	size_t got = 0;
+	static unsigned int seq;
+	char req[256], id[32];
+	size_t idl;
 	va_list ap;
 	int n;
 
+	idl = snprintf(id, sizeof(id), "#%d.%u ", getpid(), ++seq);
+	memcpy(req, id, idl);
 	va_start(ap, fmt);
-	n = vsnprintf(req, sizeof(req) - 1, fmt, ap);
+	n = idl + vsnprintf(req + idl, sizeof(req) - idl - 1, fmt, ap);
 	va_end(ap);
 	req[n++] = '\n';
 	if (write(fd, req, n) != n) {
 		snprintf(reply, len, "write to host port: %s", strerror(errno));
 		return -1;
 	}
-	while (got < len - 1) {
-		ssize_t r = read(fd, reply + got, 1);
-
-		if (r <= 0) {
+	do {
+		if (read_reply_line(fd, reply, len)) {
 			snprintf(reply, len, "host port closed");
 			return -1;
 		}
-		if (reply[got] == '\n')
-			break;
-		got++;
-	}
-	reply[got] = '\0';
+	} while (strncmp(reply, id, idl));
+	memmove(reply, reply + idl, strlen(reply + idl) + 1);
 	if (!strncmp(reply, "ok", 2)) {
 		memmove(reply, reply + (reply[2] == ' ' ? 3 : 2), strlen(reply) + 1);
 		return 0;

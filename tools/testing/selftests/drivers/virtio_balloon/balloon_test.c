@@ -13,6 +13,13 @@
 #define STEP		(128 * MIB)
 /* Gauges (free, available, caches) move while they are being compared. */
 #define GAUGE_SLACK	(8 * MIB)
+/*
+ * Per test: two target changes (the host gives each 60 s), plus teardown.
+ * The default of kselftest_harness.h (30 s) is too short for a debug kernel
+ * under TCG when something is slow, and a test killed mid-request says less
+ * than one that gets the host's answer.
+ */
+#define BALLOON_TEST_TIMEOUT	200
 
 static const char *driver_name(void)
 {
@@ -82,7 +89,7 @@ static int balloon_to(struct __test_metadata *_metadata,
 	return 0;
 }
 
-TEST_F(balloon, driver_bound)
+TEST_F_TIMEOUT(balloon, driver_bound, BALLOON_TEST_TIMEOUT)
 {
 	char drv[128];
 	int bit;
@@ -98,7 +105,7 @@ TEST_F(balloon, driver_bound)
 	}
 }
 
-TEST_F(balloon, inflate_reaches_target_exactly)
+TEST_F_TIMEOUT(balloon, inflate_reaches_target_exactly, BALLOON_TEST_TIMEOUT)
 {
 	long long total0, free0, pages;
 
@@ -119,7 +126,7 @@ TEST_F(balloon, inflate_reaches_target_exactly)
 	}
 }
 
-TEST_F(balloon, deflate_returns_every_page)
+TEST_F_TIMEOUT(balloon, deflate_returns_every_page, BALLOON_TEST_TIMEOUT)
 {
 	long long total0, inflated0, deflated0;
 
@@ -188,7 +195,7 @@ static void guest_view(struct guest_view *g)
 	g->htlb_fail = vmstat("htlb_buddy_alloc_fail");
 }
 
-TEST_F(balloon, host_stats_match_guest)
+TEST_F_TIMEOUT(balloon, host_stats_match_guest, BALLOON_TEST_TIMEOUT)
 {
 	struct guest_view a, b;
 	const char *s = self->why;
