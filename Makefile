@@ -15,7 +15,7 @@ LLVM    ?= -19
 JOBS    ?= $(shell nproc)
 ACCEL   ?= tcg
 MEM     ?= 1024
-DRIVERS ?= virtio_balloon
+DRIVERS ?= virtio_balloon virtio_balloon_rust
 DEVICES ?= plain deflate-on-oom
 DRIVER  ?= virtio_balloon_rust
 

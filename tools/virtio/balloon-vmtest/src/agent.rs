@@ -11,6 +11,8 @@
 //! | `actual`         | `query-balloon` actual, bytes                     |
 //! | `device`         | `deflate-on-oom=0/1 free-page-reporting=0/1 ...`  |
 //! | `target BYTES`   | sets the balloon and waits for actual == BYTES    |
+//! | `set BYTES`      | sets the balloon target and answers at once       |
+//! | `stats-cadence INTERVAL SECONDS` | polls guest-stats at INTERVAL s for SECONDS s: `updates=N min-gap=G max-gap=H` |
 //! | `stats`          | a fresh `guest-stats` as `stat-NAME=VALUE ...`    |
 //! | `rss`            | QEMU's resident set size, bytes                   |
 //! | `migrate`        | migrates to a sink, resumes; bytes transferred    |
@@ -36,6 +38,8 @@ pub enum Request {
     Actual,
     Device,
     Target(i64),
+    Set(i64),
+    StatsCadence(u32, u32),
     Stats,
     Rss,
     Migrate,
@@ -72,6 +76,17 @@ pub fn parse(line: &str) -> Result<Request, String> {
             n => Err(format!("target {n}: must be a positive number of bytes")),
         },
         "wait" => Ok(Request::Wait(num()?.max(0) as u64)),
+        "set" => match num()? {
+            n if n > 0 => Ok(Request::Set(n)),
+            n => Err(format!("set {n}: must be a positive number of bytes")),
+        },
+        "stats-cadence" => match words[..] {
+            [_, i, s] => match (i.parse::<u32>(), s.parse::<u32>()) {
+                (Ok(i), Ok(s)) if i > 0 && s > 0 => Ok(Request::StatsCadence(i, s)),
+                _ => Err("stats-cadence takes two positive numbers".into()),
+            },
+            _ => Err("stats-cadence takes INTERVAL SECONDS".into()),
+        },
         _ => Err(format!("unknown request '{}'", line.trim())),
     }
 }
@@ -95,6 +110,18 @@ pub fn rss(pid: u32) -> io::Result<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .ok_or_else(|| io::Error::other("no VmRSS"))
+}
+
+/// `updates=N min-gap=G max-gap=H` for the `last-update` values seen. The first value seen
+/// may be from before the polling interval changed, so gaps count from the second.
+pub fn cadence_line(seen: &[i64]) -> String {
+    let gaps: Vec<i64> = seen.windows(2).skip(1).map(|w| w[1] - w[0]).collect();
+    format!(
+        "updates={} min-gap={} max-gap={}",
+        seen.len().saturating_sub(1),
+        gaps.iter().min().unwrap_or(&0),
+        gaps.iter().max().unwrap_or(&0)
+    )
 }
 
 /// `stats` object as `stat-name=value` pairs, sorted by name.
@@ -151,6 +178,24 @@ impl Agent {
         }
     }
 
+    /// Polls `guest-stats` with the device polling every `interval` s for `secs` s, and
+    /// reports how often `last-update` moved. Puts the device's interval back afterwards.
+    fn stats_cadence(&self, interval: u32, secs: u32) -> io::Result<String> {
+        lock(&self.qmp).qom_set("guest-stats-polling-interval", Value::from(interval))?;
+        let start = Instant::now();
+        let mut seen: Vec<i64> = Vec::new();
+        while start.elapsed() < Duration::from_secs(secs.into()) {
+            let (_, last) = lock(&self.qmp).guest_stats()?;
+            if seen.last() != Some(&last) {
+                seen.push(last);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let back = self.device.stats_interval;
+        lock(&self.qmp).qom_set("guest-stats-polling-interval", Value::from(back))?;
+        Ok(cadence_line(&seen))
+    }
+
     fn answer(&self, req: Request) -> io::Result<String> {
         Ok(match req {
             Request::Ram => self.ram.to_string(),
@@ -166,6 +211,11 @@ impl Agent {
                 )
             }
             Request::Target(b) => self.target(b)?,
+            Request::Set(b) => {
+                lock(&self.qmp).set_target(b)?;
+                String::new()
+            }
+            Request::StatsCadence(i, s) => self.stats_cadence(i, s)?,
             Request::Stats => self.stats()?,
             Request::Rss => rss(self.qemu_pid)?.to_string(),
             Request::Migrate => lock(&self.qmp)
@@ -244,6 +294,24 @@ mod tests {
         assert!(parse("fly").is_err());
         assert!(parse("").is_err());
         assert!(parse("target 1 2").is_err());
+    }
+
+    #[test]
+    fn new_requests() {
+        assert_eq!(parse("set 4096"), Ok(Request::Set(4096)));
+        assert!(parse("set 0").is_err());
+        assert_eq!(parse("stats-cadence 2 8"), Ok(Request::StatsCadence(2, 8)));
+        assert!(parse("stats-cadence 0 8").is_err());
+        assert!(parse("stats-cadence 2").is_err());
+    }
+
+    #[test]
+    fn cadence() {
+        assert_eq!(
+            cadence_line(&[100, 101, 103, 105]),
+            "updates=3 min-gap=2 max-gap=2"
+        );
+        assert_eq!(cadence_line(&[100]), "updates=0 min-gap=0 max-gap=0");
     }
 
     #[test]

@@ -217,25 +217,7 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
             format!("{why}; console in {}", vm.log_path.display()),
         ));
     }
-    let reports = logscan::kernel_reports(&vm.log);
-    if reports.is_empty() {
-        results.push(TestResult {
-            name: "kernel log clean".into(),
-            status: Status::Pass,
-            note: String::new(),
-        });
-    } else {
-        for r in &reports {
-            eprintln!("!! kernel report at {}:{}:", vm.log_path.display(), r.line);
-            for l in &r.text {
-                eprintln!("   | {l}");
-            }
-        }
-        results.push(fail(
-            "kernel log clean",
-            format!("{} report(s)", reports.len()),
-        ));
-    }
+    results.push(log_clean(&vm));
     if vm.log.iter().any(|l| l.starts_with("@@KMEMLEAK-END")) {
         let leaks = logscan::kmemleak(&vm.log);
         if leaks.is_empty() {
@@ -264,6 +246,99 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
     results
 }
 
+/// Waits until the guest (re)booted, loaded the driver and is idle.
+fn wait_idle(vm: &mut Vm) -> Result<(), String> {
+    vm.wait_for("@@IDLE", Duration::from_secs(300))
+        .map(|_| ())
+        .ok_or_else(|| {
+            format!(
+                "the guest did not come up; console in {}",
+                vm.log_path.display()
+            )
+        })
+}
+
+/// Waits until `last-update` of guest-stats advanced twice; returns the stats.
+fn fresh_stats(vm: &Vm) -> Result<serde_json::Value, String> {
+    let mut q = vm.qmp.lock().unwrap();
+    let (_, first) = q.guest_stats().map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let (stats, last) = q.guest_stats().map_err(|e| e.to_string())?;
+        if last >= first + 2 {
+            return Ok(stats);
+        }
+        drop(q);
+        std::thread::sleep(Duration::from_millis(100));
+        q = vm.qmp.lock().unwrap();
+    }
+    Err(format!("guest-stats last-update stuck at {first}"))
+}
+
+/// Host-side checks that need a whole guest: stats keep flowing across `system_reset`.
+fn host_checks(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
+    let cfg = config(a, driver, device, "idle");
+    eprintln!(
+        ">> boot: driver {driver}, device {}: host checks",
+        device.name()
+    );
+    let mut vm = match Vm::start(&cfg) {
+        Ok(vm) => vm,
+        Err(e) => return vec![fail("host: boot", e.to_string())],
+    };
+    let name = "host: stats flow after system_reset";
+    let result = (|| -> Result<(), String> {
+        wait_idle(&mut vm)?;
+        let q = || vm.qmp.lock().unwrap();
+        q().qom_set("guest-stats-polling-interval", 1.into())
+            .map_err(|e| e.to_string())?;
+        let before = fresh_stats(&vm)?;
+        q().system_reset().map_err(|e| e.to_string())?;
+        wait_idle(&mut vm)?;
+        let after = fresh_stats(&vm)?;
+        let total = |s: &serde_json::Value| s["stat-total-memory"].as_i64().unwrap_or(-1);
+        if total(&after) <= 0 || total(&after) != total(&before) {
+            return Err(format!(
+                "stat-total-memory {} before reset, {} after",
+                total(&before),
+                total(&after)
+            ));
+        }
+        Ok(())
+    })();
+    vm.finish(Duration::from_secs(1));
+    let mut results = vec![match result {
+        Ok(()) => TestResult {
+            name: name.into(),
+            status: Status::Pass,
+            note: String::new(),
+        },
+        Err(e) => fail(name, e),
+    }];
+    results.push(log_clean(&vm));
+    results
+}
+
+/// The "kernel log clean" result of a boot, printing any report found.
+fn log_clean(vm: &Vm) -> TestResult {
+    let reports = logscan::kernel_reports(&vm.log);
+    for r in &reports {
+        eprintln!("!! kernel report at {}:{}:", vm.log_path.display(), r.line);
+        for l in &r.text {
+            eprintln!("   | {l}");
+        }
+    }
+    if reports.is_empty() {
+        TestResult {
+            name: "kernel log clean".into(),
+            status: Status::Pass,
+            note: String::new(),
+        }
+    } else {
+        fail("kernel log clean", format!("{} report(s)", reports.len()))
+    }
+}
+
 fn check(a: &Args) -> ExitCode {
     let start = Instant::now();
     let mut rows = Vec::new();
@@ -276,6 +351,14 @@ fn check(a: &Args) -> ExitCode {
                     result,
                 });
             }
+        }
+        let device = &a.devices[0];
+        for result in host_checks(a, driver, device) {
+            rows.push(Row {
+                driver: driver.clone(),
+                device: device.name(),
+                result,
+            });
         }
     }
     let w = |f: &dyn Fn(&Row) -> usize, min| rows.iter().map(f).max().unwrap_or(0).max(min);

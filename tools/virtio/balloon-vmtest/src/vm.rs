@@ -114,7 +114,6 @@ impl Config {
                 "-no-user-config",
                 "-display",
                 "none",
-                "-no-reboot",
                 "-kernel",
                 &self.kernel.display().to_string(),
                 "-initrd",
@@ -139,6 +138,11 @@ impl Config {
             ]
             .map(String::from),
         );
+        // A guest that panics (panic=-1 reboots) ends the run, except where the host resets
+        // the machine on purpose: -no-reboot turns QMP system_reset into an exit too.
+        if self.mode != "idle" {
+            a.push("-no-reboot".into());
+        }
         if self.device.free_page_hint {
             a.extend(["-object".into(), "iothread,id=iot0".into()]);
         }
@@ -247,6 +251,7 @@ impl Vm {
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.next_line(left) {
                 Ok(Some(l)) if l.starts_with(prefix) => return Some(l.to_string()),
+                Ok(Some(l)) if l.starts_with("Kernel panic") => return None,
                 Ok(_) => {}
                 Err(()) => return None,
             }
@@ -319,5 +324,11 @@ mod tests {
         assert!(a.contains("vb.driver=virtio_balloon vb.mode=check"));
         assert!(a.contains("-object iothread,id=iot0 -device virtio-balloon-pci,id=balloon0"));
         assert!(!a.contains("-cpu host"));
+        assert!(a.contains("-no-reboot"));
+        let idle = Config {
+            mode: "idle".into(),
+            ..cfg
+        };
+        assert!(!idle.qemu_args().join(" ").contains("-no-reboot"));
     }
 }

@@ -49,20 +49,20 @@ static inline long long read_keyed(const char *path, const char *key)
 }
 
 /* /proc/meminfo value in bytes, -1 when missing. */
-static inline long long meminfo(const char *key)
+static inline long long proc_meminfo(const char *key)
 {
 	long long kb = read_keyed("/proc/meminfo", key);
 
 	return kb < 0 ? -1 : kb * 1024;
 }
 
-static inline long long vmstat(const char *key)
+static inline long long proc_vmstat(const char *key)
 {
 	return read_keyed("/proc/vmstat", key);
 }
 
 /* Sum of the /proc/vmstat counters whose names start with @prefix. */
-static inline long long vmstat_sum(const char *prefix)
+static inline long long proc_vmstat_sum(const char *prefix)
 {
 	char line[256], name[128];
 	long long sum = 0, v;

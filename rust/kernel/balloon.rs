@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Memory balloon page lists.
+//!
+//! C header: [`include/linux/balloon.h`](srctree/include/linux/balloon.h)
+//!
+//! A balloon driver takes pages from the guest and tells the host it may
+//! reclaim them. [`BalloonPages`] is the list of those pages: a page enters
+//! with [`BalloonPages::enqueue`] and leaves with [`BalloonPages::dequeue`];
+//! in between it belongs to the balloon core (which may migrate it), and the
+//! driver holds nothing that reaches it.
+//!
+//! With `CONFIG_BALLOON_MIGRATION` the core may move a ballooned page to
+//! another frame (compaction); the driver then tells the host through
+//! [`Migrate::migrate`]. The list is therefore embedded in the driver's
+//! structure, which implements [`Migrate`] and names the field with
+//! [`impl_has_balloon_pages!`](crate::impl_has_balloon_pages).
+
+use crate::{bindings, container_of, prelude::*, types::Opaque};
+use core::{
+    ptr::NonNull,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+/// A page allocated for, or taken back from, a balloon. Dropping it frees it.
+pub struct BalloonPage(NonNull<bindings::page>);
+
+// SAFETY: The page is owned by this value; freeing it may happen on any thread.
+unsafe impl Send for BalloonPage {}
+
+impl BalloonPage {
+    /// Allocates a page for the balloon (`balloon_page_alloc`): movable when balloon migration
+    /// is built in, without retrying hard, warning, or dipping into reserves.
+    pub fn alloc() -> Option<Self> {
+        // SAFETY: FFI call without preconditions.
+        NonNull::new(unsafe { bindings::balloon_page_alloc() }).map(Self)
+    }
+
+    /// The page frame number.
+    pub fn pfn(&self) -> usize {
+        // SAFETY: `self.0` is a valid page owned by us.
+        unsafe { bindings::page_to_pfn(self.0.as_ptr()) as usize }
+    }
+}
+
+impl Drop for BalloonPage {
+    fn drop(&mut self) {
+        // SAFETY: We own the only reference to the page.
+        unsafe { bindings::put_page(self.0.as_ptr()) };
+    }
+}
+
+/// A driver structure holding [`BalloonPages`], told when the core migrates a page.
+pub trait Migrate: Sync {
+    /// The page at `old_pfn` is being replaced by the one at `new_pfn`: tell the host to take
+    /// the new one (inflate) and give back the old one (deflate). Runs in compaction or
+    /// migration context with the page locked, and may sleep. Return `EAGAIN` to have the core
+    /// retry later. Any error leaves the old page in the balloon.
+    fn migrate(&self, new_pfn: usize, old_pfn: usize) -> Result;
+}
+
+/// Says where a structure keeps its [`BalloonPages`].
+///
+/// # Safety
+///
+/// `OFFSET` must be the byte offset of a [`BalloonPages`] field of `Self`. Use
+/// [`impl_has_balloon_pages!`](crate::impl_has_balloon_pages).
+pub unsafe trait HasBalloonPages: Migrate {
+    /// Offset of the [`BalloonPages`] field.
+    const OFFSET: usize;
+}
+
+/// Implements [`HasBalloonPages`] for a structure with a [`BalloonPages`] field.
+///
+/// # Examples
+///
+/// ```ignore
+/// kernel::impl_has_balloon_pages! { impl HasBalloonPages for MyBalloon { self.pages } }
+/// ```
+#[macro_export]
+macro_rules! impl_has_balloon_pages {
+    (impl HasBalloonPages for $t:ty { self.$field:ident }) => {
+        const _: fn(&$t) -> &$crate::balloon::BalloonPages = |x| &x.$field;
+        // SAFETY: `OFFSET` is the offset of `$field`, which the line above checks to be a
+        // `BalloonPages`.
+        unsafe impl $crate::balloon::HasBalloonPages for $t {
+            const OFFSET: usize = ::core::mem::offset_of!($t, $field);
+        }
+    };
+}
+
+/// The `migratepage` callback of a balloon embedded in a `T`.
+unsafe extern "C" fn migrate_callback<T: HasBalloonPages>(
+    info: *mut bindings::balloon_dev_info,
+    newpage: *mut bindings::page,
+    page: *mut bindings::page,
+    _mode: bindings::migrate_mode,
+) -> c_int {
+    // SAFETY: The core passes the `balloon_dev_info` the page was enqueued on, which is the
+    // `info` field of a `BalloonPages`: `Opaque` is transparent.
+    let pages = unsafe {
+        container_of!(
+            info.cast::<Opaque<bindings::balloon_dev_info>>(),
+            BalloonPages,
+            info
+        )
+    };
+    // SAFETY: By `HasBalloonPages`, that `BalloonPages` is the field at `T::OFFSET` of a `T`.
+    // The `T` is alive: it holds pages in its balloon (the one being migrated is isolated), and
+    // `BalloonPages` takes every page back before it is dropped.
+    let owner = unsafe { &*pages.byte_sub(T::OFFSET).cast::<T>() };
+    // SAFETY: Both pages are valid and locked by the migration core.
+    let (new_pfn, old_pfn) =
+        unsafe { (bindings::page_to_pfn(newpage), bindings::page_to_pfn(page)) };
+    match owner.migrate(new_pfn as usize, old_pfn as usize) {
+        Ok(()) => 0,
+        // -ENOENT would tell the core the old page left the balloon without a dequeue, which
+        // breaks the page count: retry instead.
+        Err(e) if e == ENOENT => EAGAIN.to_errno(),
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// The pages in a balloon (`struct balloon_dev_info`).
+///
+/// # Invariants
+///
+/// `count` is the number of pages enqueued and not dequeued. Pages the core isolates for
+/// migration stay counted: they come back (or are replaced) on the list.
+#[pin_data(PinnedDrop)]
+pub struct BalloonPages {
+    #[pin]
+    info: Opaque<bindings::balloon_dev_info>,
+    count: AtomicUsize,
+}
+
+// SAFETY: The C functions serialize on the global `balloon_pages_lock`; `count` is atomic.
+unsafe impl Send for BalloonPages {}
+// SAFETY: As above.
+unsafe impl Sync for BalloonPages {}
+
+impl BalloonPages {
+    /// An empty balloon, to be a field of `T`. With `adjust_managed`, pages in the balloon
+    /// leave the guest's managed memory (MemTotal drops); without, they still count as RAM the
+    /// guest may take back.
+    pub fn new<T: HasBalloonPages>(adjust_managed: bool) -> impl PinInit<Self> {
+        pin_init!(Self {
+            info <- Opaque::ffi_init(move |p: *mut bindings::balloon_dev_info| {
+                // SAFETY: `p` is valid for writes and pinned.
+                unsafe {
+                    bindings::balloon_devinfo_init(p);
+                    (*p).adjust_managed_page_count = adjust_managed;
+                    (*p).migratepage = Some(migrate_callback::<T>);
+                }
+            }),
+            count: AtomicUsize::new(0),
+        })
+    }
+
+    /// Puts `page` into the balloon and returns its page frame number.
+    pub fn enqueue(&self, page: BalloonPage) -> usize {
+        let pfn = page.pfn();
+        let p = page.0.as_ptr();
+        core::mem::forget(page);
+        // SAFETY: `self.info` is initialized and pinned; `p` is a page we owned, whose
+        // reference now belongs to the balloon list.
+        unsafe { bindings::balloon_page_enqueue(self.info.get(), p) };
+        self.count.fetch_add(1, Ordering::Relaxed);
+        pfn
+    }
+
+    /// Takes a page out of the balloon, or `None` when it is empty (or every page in it is
+    /// isolated for migration right now).
+    pub fn dequeue(&self) -> Option<BalloonPage> {
+        // `balloon_page_dequeue()` BUG()s on an empty balloon: only call it with a page inside.
+        self.count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .ok()?;
+        // SAFETY: `self.info` is initialized; at least one page is enqueued or isolated.
+        match NonNull::new(unsafe { bindings::balloon_page_dequeue(self.info.get()) }) {
+            Some(p) => Some(BalloonPage(p)),
+            None => {
+                self.count.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Number of pages in the balloon.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the balloon is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for BalloonPages {
+    fn drop(self: Pin<&mut Self>) {
+        // The driver deflates (telling the host) before it lets go of the balloon. Whatever is
+        // left is freed here without telling anyone, so that no page points to a balloon that
+        // is gone; pages isolated for migration come back shortly.
+        let n = self.len();
+        if n != 0 {
+            pr_err!("balloon dropped with {} pages inside; freeing them\n", n);
+        }
+        while !self.is_empty() {
+            if self.dequeue().is_none() {
+                crate::time::delay::fsleep(crate::time::Delta::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Whether free pages have defined contents (poisoned, or zeroed by `init_on_free`): a device
+/// that reports free pages to the host must then preserve them.
+pub fn free_pages_have_contents() -> bool {
+    // SAFETY: FFI calls without preconditions.
+    unsafe { bindings::want_init_on_free() || bindings::page_poisoning_enabled_static() }
+}

@@ -1,0 +1,830 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Virtio devices and drivers.
+//!
+//! C headers: [`include/linux/virtio.h`](srctree/include/linux/virtio.h),
+//! [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h).
+//!
+//! A virtio driver implements [`Driver`] and registers with
+//! [`module_virtio_driver!`]. The bus calls it in these contexts:
+//!
+//! | callback | context |
+//! |---|---|
+//! | [`Driver::validate`], [`Driver::probe`], [`Driver::ready`], [`Driver::unbind`], [`Driver::shutdown`], [`Driver::freeze`], [`Driver::restore`] | process context, may sleep |
+//! | [`Driver::config_changed`] | atomic (under the device's config spinlock); it gets no device, so it can only queue work |
+//! | [`Driver::queue_done`] | hard interrupt |
+//!
+//! # Queues and their lifetime
+//!
+//! [`Device::find_vqs`] returns a [`Transport`] and one [`VqHandle`] per
+//! named queue. A handle becomes a typed [`Virtqueue<B>`], whose buffers are
+//! owned `KBox<B>`s: a buffer is handed to the device by `add_*buf` and comes
+//! back from [`Virtqueue::get_buf`] or, when the queues are deleted, is freed.
+//! So the device never sees memory the driver still uses, and no buffer leaks.
+//!
+//! Every queue operation and every config-space access through the
+//! [`Transport`] takes the transport's lock and fails with `ENODEV` once the
+//! queues are deleted. They are deleted by [`Transport::delete`] (reset, free
+//! unused buffers, `del_vqs`), which a driver calls in `unbind` or `freeze`.
+//! If it does not, the bus does it when `unbind` returns: the core requires
+//! the device reset within `remove`, and nothing may touch the queues or the
+//! config space after the device is gone. Work items that outlive `unbind` by
+//! mistake therefore get errors, not freed memory.
+
+use crate::{
+    bindings, device,
+    device_id::RawDeviceId,
+    driver,
+    error::{from_result, to_result},
+    prelude::*,
+    sync::{aref::ARef, new_mutex, Arc, Mutex},
+    transmute::{AsBytes, FromBytes},
+    types::{ForeignOwnable, Opaque},
+    ThisModule,
+};
+use core::{
+    marker::PhantomData,
+    mem::{offset_of, size_of},
+    ptr::{addr_of_mut, NonNull},
+};
+
+/// Most virtqueues a driver can ask for.
+pub const MAX_QUEUES: usize = 8;
+
+/// An adapter for the registration of virtio drivers.
+pub struct Adapter<T: Driver>(T);
+
+// SAFETY:
+// - `bindings::virtio_driver` is a C type declared as `repr(C)`.
+// - `T::Data` is the type of the driver's device private data.
+// - `struct virtio_driver` embeds a `struct device_driver` at `driver`.
+unsafe impl<T: Driver + 'static> driver::DriverLayout for Adapter<T> {
+    type DriverType = bindings::virtio_driver;
+    type DriverData<'bound> = T::Data<'bound>;
+    const DEVICE_DRIVER_OFFSET: usize = offset_of!(bindings::virtio_driver, driver);
+}
+
+// SAFETY: A call to `unregister` for a given instance of `DriverType` is guaranteed to be valid if
+// a preceding call to `register` has been successful.
+unsafe impl<T: Driver + 'static> driver::RegistrationOps for Adapter<T> {
+    unsafe fn register(
+        vdrv: &Opaque<Self::DriverType>,
+        name: &'static CStr,
+        module: &'static ThisModule,
+    ) -> Result {
+        let d = vdrv.get();
+        // SAFETY: It's safe to set the fields of `struct virtio_driver` on initialization; the
+        // feature table is `'static`, so the pointer stays valid while the driver is registered.
+        unsafe {
+            (*d).driver.name = name.as_char_ptr();
+            (*d).id_table = T::ID_TABLE.as_ptr();
+            (*d).feature_table = T::FEATURES.as_ptr();
+            (*d).feature_table_size = T::FEATURES.len() as u32;
+            (*d).validate = Some(Self::validate_callback);
+            (*d).probe = Some(Self::probe_callback);
+            (*d).remove = Some(Self::remove_callback);
+            (*d).config_changed = Some(Self::config_changed_callback);
+            (*d).shutdown = Some(Self::shutdown_callback);
+            (*d).freeze = Some(Self::freeze_callback);
+            (*d).restore = Some(Self::restore_callback);
+        }
+        // SAFETY: `vdrv` is guaranteed to be a valid `DriverType`.
+        to_result(unsafe { bindings::__register_virtio_driver(d, module.as_ptr()) })
+    }
+
+    unsafe fn unregister(vdrv: &Opaque<Self::DriverType>) {
+        // SAFETY: `vdrv` is guaranteed to be a valid, registered `DriverType`.
+        unsafe { bindings::unregister_virtio_driver(vdrv.get()) }
+    }
+}
+
+impl<T: Driver + 'static> Adapter<T> {
+    extern "C" fn validate_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: The virtio core calls `validate` with a valid device, holding the device lock,
+        // before `probe`.
+        let dev = unsafe { &*vdev.cast::<Device<device::Core<'_>>>() };
+        from_result(|| T::validate(dev).map(|()| 0))
+    }
+
+    extern "C" fn probe_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: The virtio core calls `probe` with a valid device, holding the device lock.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+        let r = from_result(|| {
+            dev.as_ref().set_drvdata(T::probe(dev))?;
+            // The queue and config callbacks reach the driver through drvdata, so the device may
+            // only start once drvdata is set: no queue interrupt comes before DRIVER_OK, and the
+            // core enables config change callbacks only after `probe` returns.
+            //
+            // SAFETY: `vdev` is valid; its queues (if any) are set up.
+            unsafe { bindings::virtio_device_ready(vdev) };
+            // SAFETY: drvdata was set just above with `T::Data`.
+            let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+            T::ready(dev, data);
+            Ok(0)
+        });
+        if r != 0 {
+            // A failed probe leaves no queues behind.
+            // SAFETY: `vdev` is valid and nothing of the driver runs any more.
+            unsafe { Transport::kill(vdev) };
+        }
+        r
+    }
+
+    extern "C" fn remove_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: The virtio core calls `remove` with a valid, bound device, holding the device
+        // lock, after disabling config change callbacks.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+        // SAFETY: `remove` only follows a successful `probe`, which set drvdata to `T::Data`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        T::unbind(dev, data);
+        // The core requires the device reset before `remove` returns. Deleting the queues
+        // resets it; a driver without queues gets a plain reset.
+        //
+        // SAFETY: `vdev` is valid; the driver is done with the device.
+        if !unsafe { Transport::kill(vdev) } {
+            // SAFETY: As above.
+            unsafe { bindings::virtio_reset_device(vdev) };
+        }
+    }
+
+    extern "C" fn config_changed_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: The core calls this only between `probe` and `remove` (config_core_enabled), on
+        // a valid bound device.
+        let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
+        // SAFETY: Between `probe` and `remove`, drvdata is `T::Data`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        T::config_changed(data);
+    }
+
+    extern "C" fn queue_callback<const SLOT: usize>(vq: *mut bindings::virtqueue) {
+        // SAFETY: `vring_interrupt` passes a valid queue of a live device.
+        let vdev = unsafe { (*vq).vdev };
+        // SAFETY: Queue callbacks run only after DRIVER_OK, which the bus sets after drvdata, and
+        // stop when the queues are deleted or the device is reset, before drvdata goes away.
+        let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
+        // SAFETY: As above, drvdata is `T::Data`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        T::queue_done(data, SLOT);
+    }
+
+    /// One callback per queue slot, so the driver learns which queue completed.
+    const QUEUE_CALLBACKS: [unsafe extern "C" fn(*mut bindings::virtqueue); MAX_QUEUES] = [
+        Self::queue_callback::<0>,
+        Self::queue_callback::<1>,
+        Self::queue_callback::<2>,
+        Self::queue_callback::<3>,
+        Self::queue_callback::<4>,
+        Self::queue_callback::<5>,
+        Self::queue_callback::<6>,
+        Self::queue_callback::<7>,
+    ];
+
+    extern "C" fn shutdown_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: The core calls `shutdown` with a valid device holding the device lock.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+        // SAFETY: `shutdown` is only called on a bound device, whose drvdata is `T::Data`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        T::shutdown(dev, data);
+        // SAFETY: `vdev` is valid. Breaks the device, waits for callbacks and resets it, as the
+        // core does for drivers without a `shutdown`.
+        unsafe { bindings::virtio_device_shutdown(vdev) };
+    }
+
+    extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: The core calls `freeze` on a bound device, holding the device lock.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+        // SAFETY: As above, drvdata is `T::Data`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        from_result(|| T::freeze(dev, data).map(|()| 0))
+    }
+
+    extern "C" fn restore_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: The core calls `restore` on a bound device, holding the device lock.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+        // SAFETY: As above, drvdata is `T::Data`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        from_result(|| T::restore(dev, data).map(|()| 0))
+    }
+}
+
+/// Declares a kernel module that exposes a single virtio driver.
+///
+/// # Examples
+///
+/// ```ignore
+/// kernel::module_virtio_driver! {
+///     type: MyDriver,
+///     name: "my_virtio_driver",
+///     authors: ["Me"],
+///     description: "A virtio driver",
+///     license: "GPL",
+/// }
+/// ```
+#[macro_export]
+macro_rules! module_virtio_driver {
+    ($($f:tt)*) => {
+        $crate::module_driver!(<T>, $crate::virtio::Adapter<T>, { $($f)* });
+    };
+}
+
+/// A virtio device id (`struct virtio_device_id`).
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct DeviceId(bindings::virtio_device_id);
+
+impl DeviceId {
+    /// Matches device type `device` from any vendor.
+    pub const fn new(device: u32) -> Self {
+        Self(bindings::virtio_device_id {
+            device,
+            vendor: bindings::VIRTIO_DEV_ANY_ID,
+        })
+    }
+}
+
+// SAFETY: `DeviceId` is a `#[repr(transparent)]` wrapper of `virtio_device_id` and does not add
+// additional invariants, so it's safe to transmute to `RawType`.
+unsafe impl RawDeviceId for DeviceId {
+    type RawType = bindings::virtio_device_id;
+}
+
+/// Id table of a virtio driver.
+pub type IdTable = &'static dyn kernel::device_id::IdTable<DeviceId, ()>;
+
+/// Creates a virtio id table with its alias for modpost.
+///
+/// # Examples
+///
+/// ```ignore
+/// kernel::virtio_device_table!(TABLE, [kernel::virtio::DeviceId::new(5)]);
+/// ```
+#[macro_export]
+macro_rules! virtio_device_table {
+    ($name:ident, [$($id:expr),* $(,)?]) => {
+        $crate::module_device_table!("virtio", $crate::virtio::DeviceId, $name, @none, [$($id),*]);
+    };
+}
+
+/// A virtio driver.
+pub trait Driver {
+    /// The driver's per-device data.
+    type Data<'bound>: Send + 'bound;
+
+    /// The devices the driver binds to.
+    const ID_TABLE: IdTable;
+
+    /// The device feature bits the driver knows (`feature_table`). Feature bits below 28 that
+    /// are not listed are never negotiated.
+    const FEATURES: &'static [u32];
+
+    /// Checks and adjusts the negotiated features before `probe` (may clear features with
+    /// [`Device::clear_feature`]).
+    fn validate(dev: &Device<device::Core<'_>>) -> Result {
+        let _ = dev;
+        Ok(())
+    }
+
+    /// Sets up the device: config space, queues ([`Device::find_vqs`]). The bus marks the
+    /// device ready (DRIVER_OK) after this, then calls [`Driver::ready`].
+    fn probe<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound;
+
+    /// Called once the device is live, after `probe`: queue callbacks may come from now on.
+    fn ready<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        let _ = (dev, this);
+    }
+
+    /// Tears the device down. When it returns, the bus deletes the queues (if the driver did
+    /// not) and resets the device.
+    fn unbind<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        let _ = (dev, this);
+    }
+
+    /// The device's configuration changed. Runs in atomic context: queue work for anything
+    /// that needs the config space.
+    fn config_changed(this: Pin<&Self::Data<'_>>) {
+        let _ = this;
+    }
+
+    /// Queue `slot` (its index in the `find_vqs` list) used buffers. Hard interrupt context.
+    fn queue_done(this: Pin<&Self::Data<'_>>, slot: usize) {
+        let _ = (this, slot);
+    }
+
+    /// The system shuts down. The bus then breaks and resets the device.
+    fn shutdown<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        let _ = (dev, this);
+    }
+
+    /// Suspend to RAM or disk: quiesce, typically [`Transport::delete`].
+    fn freeze<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
+        let _ = (dev, this);
+        Ok(())
+    }
+
+    /// Resume: the core has reset the device and renegotiated features; set up queues again.
+    fn restore<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
+        let _ = (dev, this);
+        Ok(())
+    }
+}
+
+/// A virtio device (`struct virtio_device`).
+///
+/// # Invariants
+///
+/// A [`Device`] instance represents a valid `struct virtio_device` created by the C portion of
+/// the kernel.
+#[repr(transparent)]
+pub struct Device<Ctx: device::DeviceContext = device::Normal>(
+    Opaque<bindings::virtio_device>,
+    PhantomData<Ctx>,
+);
+
+impl<Ctx: device::DeviceContext> Device<Ctx> {
+    fn as_raw(&self) -> *mut bindings::virtio_device {
+        self.0.get()
+    }
+
+    /// Whether feature `bit` was negotiated.
+    pub fn has_feature(&self, bit: u32) -> bool {
+        // SAFETY: By the type invariant `self.as_raw()` is valid; the helper only tests a bit.
+        unsafe { bindings::__virtio_test_bit(self.as_raw(), bit) }
+    }
+
+    /// Whether the device uses little-endian virtqueue payloads (VERSION_1, or a legacy device
+    /// on a little-endian guest).
+    pub fn is_little_endian(&self) -> bool {
+        // SAFETY: By the type invariant `self.as_raw()` is valid.
+        unsafe { bindings::virtio_is_little_endian(self.as_raw()) }
+    }
+
+    /// `v` in the device's virtqueue byte order (`cpu_to_virtio32`).
+    pub fn cpu_to_virtio32(&self, v: u32) -> u32 {
+        if self.is_little_endian() {
+            v.to_le()
+        } else {
+            v
+        }
+    }
+
+    /// `v` in the device's virtqueue byte order (`cpu_to_virtio16`).
+    pub fn cpu_to_virtio16(&self, v: u16) -> u16 {
+        if self.is_little_endian() {
+            v.to_le()
+        } else {
+            v
+        }
+    }
+
+    /// `v` in the device's virtqueue byte order (`cpu_to_virtio64`).
+    pub fn cpu_to_virtio64(&self, v: u64) -> u64 {
+        if self.is_little_endian() {
+            v.to_le()
+        } else {
+            v
+        }
+    }
+}
+
+impl<'a> Device<device::Core<'a>> {
+    /// Clears feature `bit` from the negotiated set. Only meaningful in [`Driver::validate`].
+    pub fn clear_feature(&self, bit: u32) {
+        // SAFETY: By the type invariant `self.as_raw()` is valid, and the device lock is held.
+        unsafe { bindings::__virtio_clear_bit(self.as_raw(), bit) }
+    }
+
+    /// Reads the little-endian 32-bit config field at byte `offset`. May sleep.
+    pub fn read_config_le32(&self, offset: usize) -> u32 {
+        // SAFETY: The device is bound (Core context), so its config space is accessible.
+        unsafe { bindings::virtio_cread_le32(self.as_raw(), offset as u32) }
+    }
+
+    /// Writes the little-endian 32-bit config field at byte `offset`. May sleep.
+    pub fn write_config_le32(&self, offset: usize, v: u32) {
+        // SAFETY: The device is bound (Core context), so its config space is accessible.
+        unsafe { bindings::virtio_cwrite_le32(self.as_raw(), offset as u32, v) }
+    }
+
+    /// Whether the transport can read the config space at all (`config->get`).
+    pub fn has_config(&self) -> bool {
+        // SAFETY: By the type invariant `self.as_raw()` is valid; `config` is set by the
+        // transport before the device is registered.
+        unsafe { (*(*self.as_raw()).config).get.is_some() }
+    }
+
+    /// Resets the device (`virtio_reset_device`).
+    pub fn reset(&self) {
+        // SAFETY: The device is bound and its driver holds the device lock.
+        unsafe { bindings::virtio_reset_device(self.as_raw()) }
+    }
+
+    /// Sets up the queues named in `queues`, in order. A queue without a name gets no index
+    /// on the device and no handle; one with `callback` set calls [`Driver::queue_done`] with
+    /// its position in the list.
+    ///
+    /// Fails with `EBUSY` when the device still has live queues.
+    pub fn find_vqs<T: Driver + 'static>(
+        &self,
+        queues: &[QueueInfo],
+    ) -> Result<(Arc<Transport>, KVec<Option<VqHandle>>)> {
+        if queues.len() > MAX_QUEUES {
+            return Err(EINVAL);
+        }
+        let vdev = self.as_raw();
+        // SAFETY: `vdev` is valid; `priv` belongs to this abstraction while the driver is bound.
+        if !unsafe { (*vdev).priv_ }.is_null() {
+            return Err(EBUSY);
+        }
+        let mut info = [bindings::virtqueue_info::default(); MAX_QUEUES];
+        for (i, q) in queues.iter().enumerate() {
+            info[i].name = q.name.map_or(core::ptr::null(), |n| n.as_char_ptr());
+            info[i].callback = if q.callback {
+                Some(Adapter::<T>::QUEUE_CALLBACKS[i])
+            } else {
+                None
+            };
+        }
+        let mut raw = [core::ptr::null_mut(); MAX_QUEUES];
+        // SAFETY: `vdev` is valid, the arrays hold `queues.len()` entries, the names are
+        // `'static`, and the callbacks are valid for any queue of a `T` device.
+        to_result(unsafe {
+            bindings::virtio_find_vqs(
+                vdev,
+                queues.len() as u32,
+                raw.as_mut_ptr(),
+                info.as_mut_ptr(),
+                core::ptr::null_mut(),
+            )
+        })?;
+        let transport = Arc::pin_init(
+            pin_init!(Transport {
+                vdev,
+                state <- new_mutex!(State { alive: true, queues: [None; MAX_QUEUES] }),
+            }),
+            GFP_KERNEL,
+        );
+        let transport = match transport {
+            Ok(t) => t,
+            Err(e) => {
+                // SAFETY: The queues were just created and nothing uses them.
+                unsafe { bindings::virtio_del_vqs(vdev) };
+                return Err(e);
+            }
+        };
+        let mut handles = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
+        for (slot, vq) in raw.iter().take(queues.len()).enumerate() {
+            let h = NonNull::new(*vq).map(|vq| VqHandle {
+                vq,
+                slot,
+                transport: transport.clone(),
+            });
+            handles.push(h, GFP_KERNEL)?;
+        }
+        // The bus holds one reference in `priv` so it can delete the queues at `remove` even if
+        // the driver still holds (or leaks) its own.
+        let bus_ref = transport.clone().into_foreign();
+        // SAFETY: `vdev` is valid; `priv` was NULL (checked above).
+        unsafe { (*vdev).priv_ = bus_ref.cast() };
+        Ok((transport, handles))
+    }
+}
+
+/// One queue for [`Device::find_vqs`].
+#[derive(Clone, Copy)]
+pub struct QueueInfo {
+    /// The queue's name; `None` skips the slot (the feature behind it was not negotiated).
+    pub name: Option<&'static CStr>,
+    /// Whether used buffers call [`Driver::queue_done`].
+    pub callback: bool,
+}
+
+/// A queue returned by [`Device::find_vqs`], to be typed with [`Virtqueue::new`].
+pub struct VqHandle {
+    vq: NonNull<bindings::virtqueue>,
+    slot: usize,
+    transport: Arc<Transport>,
+}
+
+#[derive(Clone, Copy)]
+struct QueueEntry {
+    vq: NonNull<bindings::virtqueue>,
+    /// Frees a buffer token of the queue's buffer type.
+    free: unsafe fn(*mut c_void),
+}
+
+struct State {
+    alive: bool,
+    queues: [Option<QueueEntry>; MAX_QUEUES],
+}
+
+/// The queues of a device and its config space, for use outside bus callbacks (work items).
+///
+/// See the [module documentation](self) for how it ends.
+#[pin_data]
+pub struct Transport {
+    vdev: *mut bindings::virtio_device,
+    #[pin]
+    state: Mutex<State>,
+}
+
+// SAFETY: The device pointer is only used under `state`'s lock while `alive`, i.e. while the
+// driver is bound; the virtio functions called on it may be called from any thread.
+unsafe impl Send for Transport {}
+// SAFETY: As above; all access goes through the mutex.
+unsafe impl Sync for Transport {}
+
+impl Transport {
+    /// Runs `f` on the device while its queues are live; `ENODEV` afterwards.
+    fn with_live<R>(&self, f: impl FnOnce(*mut bindings::virtio_device) -> R) -> Result<R> {
+        let state = self.state.lock();
+        if !state.alive {
+            return Err(ENODEV);
+        }
+        Ok(f(self.vdev))
+    }
+
+    /// Reads the little-endian 32-bit config field at byte `offset`. May sleep.
+    pub fn read_config_le32(&self, offset: usize) -> Result<u32> {
+        // SAFETY: While alive, the device is bound and its config space is accessible.
+        self.with_live(|vdev| unsafe { bindings::virtio_cread_le32(vdev, offset as u32) })
+    }
+
+    /// Writes the little-endian 32-bit config field at byte `offset`. May sleep.
+    pub fn write_config_le32(&self, offset: usize, v: u32) -> Result {
+        // SAFETY: While alive, the device is bound and its config space is accessible.
+        self.with_live(|vdev| unsafe { bindings::virtio_cwrite_le32(vdev, offset as u32, v) })
+    }
+
+    /// Resets the device, frees the buffers still on the queues and deletes the queues. Later
+    /// queue and config operations fail with `ENODEV`. Does nothing the second time.
+    pub fn delete(&self, dev: &Device<device::Core<'_>>) {
+        let _ = dev;
+        self.delete_locked();
+    }
+
+    fn delete_locked(&self) {
+        let mut state = self.state.lock();
+        if !state.alive {
+            return;
+        }
+        state.alive = false;
+        // SAFETY: The device is still bound (we were alive) and no queue operation runs: they
+        // all hold this lock.
+        unsafe { bindings::virtio_reset_device(self.vdev) };
+        for q in state.queues.iter_mut().filter_map(|q| q.take()) {
+            loop {
+                // SAFETY: The queue is valid until `del_vqs` below; the device is reset.
+                let token = unsafe { bindings::virtqueue_detach_unused_buf(q.vq.as_ptr()) };
+                if token.is_null() {
+                    break;
+                }
+                // SAFETY: Every token on this queue came from `KBox::into_raw` of the type
+                // `free` was registered with.
+                unsafe { (q.free)(token) };
+            }
+        }
+        // SAFETY: The device is reset and its queues are no longer used.
+        unsafe { bindings::virtio_del_vqs(self.vdev) };
+    }
+
+    /// Deletes the queues of `vdev` if they are still live and drops the bus's reference.
+    /// Returns whether the device had queues, which means it is reset now.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be valid, and its `priv` either NULL or set by [`Device::find_vqs`].
+    unsafe fn kill(vdev: *mut bindings::virtio_device) -> bool {
+        // SAFETY: By the safety requirements.
+        let p = unsafe { (*vdev).priv_ };
+        if p.is_null() {
+            return false;
+        }
+        // SAFETY: `priv` holds the reference `find_vqs` leaked with `into_foreign`.
+        let t = unsafe { Arc::<Transport>::from_foreign(p.cast()) };
+        // SAFETY: By the safety requirements `vdev` is valid.
+        unsafe { (*vdev).priv_ = core::ptr::null_mut() };
+        t.delete_locked();
+        true
+    }
+}
+
+/// Frees a buffer token of type `KBox<B>`.
+///
+/// # Safety
+///
+/// `token` must come from `KBox::<B>::into_raw` and not be used again.
+unsafe fn free_token<B>(token: *mut c_void) {
+    // SAFETY: By the safety requirements.
+    drop(unsafe { KBox::from_raw(token.cast::<B>()) });
+}
+
+/// A virtqueue whose buffers are `KBox<B>`.
+///
+/// Operations take the [`Transport`] lock, which also serializes them as the virtio ring
+/// requires. They may sleep and must not be used in atomic context.
+pub struct Virtqueue<B> {
+    vq: NonNull<bindings::virtqueue>,
+    transport: Arc<Transport>,
+    _buf: PhantomData<KBox<B>>,
+}
+
+// SAFETY: All access to the queue goes through the transport's mutex; buffers are `Send`.
+unsafe impl<B: Send> Send for Virtqueue<B> {}
+// SAFETY: As above.
+unsafe impl<B: Send> Sync for Virtqueue<B> {}
+
+/// A buffer that could not be added to a queue, and why.
+pub struct AddError<B>(pub Error, pub KBox<B>);
+
+impl<B: Send> Virtqueue<B> {
+    /// Types the queue of `handle` for buffers `KBox<B>`.
+    pub fn new(handle: VqHandle) -> Result<Self> {
+        let mut state = handle.transport.state.lock();
+        if !state.alive {
+            return Err(ENODEV);
+        }
+        state.queues[handle.slot] = Some(QueueEntry {
+            vq: handle.vq,
+            free: free_token::<B>,
+        });
+        drop(state);
+        Ok(Self {
+            vq: handle.vq,
+            transport: handle.transport,
+            _buf: PhantomData,
+        })
+    }
+
+    fn add(&self, buf: KBox<B>, len: usize, out: bool) -> Result<(), AddError<B>> {
+        if len > size_of::<B>() || len == 0 {
+            return Err(AddError(EINVAL, buf));
+        }
+        let state = self.transport.state.lock();
+        if !state.alive {
+            return Err(AddError(ENODEV, buf));
+        }
+        let token = KBox::into_raw(buf);
+        let mut sg = bindings::scatterlist::default();
+        // SAFETY: `token` points to `len <= size_of::<B>()` bytes of kmalloc memory, which is
+        // linearly mapped as `sg_init_one` requires.
+        unsafe { bindings::sg_init_one(&mut sg, token.cast(), len as u32) };
+        // SAFETY: The queue is live (we hold the lock with `alive`); `sg` describes memory that
+        // stays allocated until the token comes back from `get_buf` or `detach_unused_buf`.
+        // The lock is a mutex, so the (indirect descriptor) allocation may sleep.
+        let r = unsafe {
+            if out {
+                bindings::virtqueue_add_outbuf(
+                    self.vq.as_ptr(),
+                    &mut sg,
+                    1,
+                    token.cast(),
+                    bindings::GFP_KERNEL,
+                )
+            } else {
+                bindings::virtqueue_add_inbuf(
+                    self.vq.as_ptr(),
+                    &mut sg,
+                    1,
+                    token.cast(),
+                    bindings::GFP_KERNEL,
+                )
+            }
+        };
+        if r < 0 {
+            // SAFETY: The device did not take the buffer; `token` is ours again.
+            return Err(AddError(Error::from_errno(r), unsafe {
+                KBox::from_raw(token)
+            }));
+        }
+        Ok(())
+    }
+
+    /// Hands the first `len` bytes of `buf` to the device to read.
+    pub fn add_outbuf(&self, buf: KBox<B>, len: usize) -> Result<(), AddError<B>>
+    where
+        B: AsBytes,
+    {
+        self.add(buf, len, true)
+    }
+
+    /// Hands the first `len` bytes of `buf` to the device to write.
+    pub fn add_inbuf(&self, buf: KBox<B>, len: usize) -> Result<(), AddError<B>>
+    where
+        B: AsBytes + FromBytes,
+    {
+        self.add(buf, len, false)
+    }
+
+    /// Notifies the device of new buffers. Returns false if the device is broken or gone.
+    pub fn kick(&self) -> bool {
+        let state = self.transport.state.lock();
+        // SAFETY: The queue is live while `alive`.
+        state.alive && unsafe { bindings::virtqueue_kick(self.vq.as_ptr()) }
+    }
+
+    /// A buffer the device is done with, and how many bytes it wrote into it.
+    pub fn get_buf(&self) -> Option<(KBox<B>, u32)> {
+        let state = self.transport.state.lock();
+        if !state.alive {
+            return None;
+        }
+        let mut len = 0u32;
+        // SAFETY: The queue is live while `alive`.
+        let token = unsafe { bindings::virtqueue_get_buf(self.vq.as_ptr(), &mut len) };
+        // SAFETY: Every token added to this queue came from `KBox::<B>::into_raw`, and the ring
+        // returns each exactly once.
+        NonNull::new(token).map(|t| (unsafe { KBox::from_raw(t.as_ptr().cast::<B>()) }, len))
+    }
+
+    /// A buffer the device has not used yet, taken back. Only sensible on a reset device.
+    pub fn detach_unused(&self) -> Option<KBox<B>> {
+        let state = self.transport.state.lock();
+        if !state.alive {
+            return None;
+        }
+        // SAFETY: The queue is live while `alive`.
+        let token = unsafe { bindings::virtqueue_detach_unused_buf(self.vq.as_ptr()) };
+        // SAFETY: As in `get_buf`.
+        NonNull::new(token).map(|t| unsafe { KBox::from_raw(t.as_ptr().cast::<B>()) })
+    }
+
+    /// Number of descriptors in the ring.
+    pub fn vring_size(&self) -> u32 {
+        let state = self.transport.state.lock();
+        // SAFETY: The queue is live while `alive`.
+        if state.alive {
+            unsafe { bindings::virtqueue_get_vring_size(self.vq.as_ptr()) }
+        } else {
+            0
+        }
+    }
+
+    /// Number of free descriptors.
+    pub fn num_free(&self) -> u32 {
+        let state = self.transport.state.lock();
+        // SAFETY: The queue is live while `alive`; `num_free` is a plain field.
+        if state.alive {
+            unsafe { (*self.vq.as_ptr()).num_free }
+        } else {
+            0
+        }
+    }
+}
+
+impl<Ctx: device::DeviceContext> AsRef<device::Device<Ctx>> for Device<Ctx> {
+    fn as_ref(&self) -> &device::Device<Ctx> {
+        // SAFETY: By the type invariant of `Self`, `self.as_raw()` is a pointer to a valid
+        // `struct virtio_device`.
+        let dev = unsafe { addr_of_mut!((*self.as_raw()).dev) };
+        // SAFETY: `dev` points to a valid `struct device`.
+        unsafe { device::Device::from_raw(dev) }
+    }
+}
+
+// SAFETY: `virtio::Device` is a transparent wrapper of `struct virtio_device`, which embeds its
+// `struct device` at `dev`.
+unsafe impl<Ctx: device::DeviceContext> device::AsBusDevice<Ctx> for Device<Ctx> {
+    const OFFSET: usize = offset_of!(bindings::virtio_device, dev);
+}
+
+// SAFETY: `Device` is a transparent wrapper of a type that doesn't depend on `Device`'s generic
+// argument.
+kernel::impl_device_context_deref!(unsafe { Device });
+kernel::impl_device_context_into_aref!(Device);
+
+// SAFETY: Instances of `Device` are always reference-counted through their `struct device`.
+unsafe impl crate::sync::aref::AlwaysRefCounted for Device {
+    fn inc_ref(&self) {
+        // SAFETY: The existence of a shared reference guarantees that the refcount is non-zero.
+        unsafe { bindings::get_device(addr_of_mut!((*self.as_raw()).dev)) };
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: The safety requirements guarantee that the refcount is non-zero.
+        unsafe {
+            bindings::put_device(addr_of_mut!(
+                (*obj.cast::<bindings::virtio_device>().as_ptr()).dev
+            ))
+        }
+    }
+}
+
+// SAFETY: A `Device` is always reference-counted and can be released from any thread.
+unsafe impl Send for Device {}
+
+// SAFETY: All methods of `Device<Normal>` only read feature bits, which are fixed while bound.
+unsafe impl Sync for Device {}
+
+// SAFETY: Same as `Device<Normal>`; `Bound` is a zero-sized type-state marker.
+unsafe impl Sync for Device<device::Bound> {}
+
+/// Owned reference to a virtio device.
+pub type DeviceRef = ARef<Device>;
