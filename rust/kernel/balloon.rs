@@ -221,3 +221,92 @@ pub fn free_pages_have_contents() -> bool {
     // SAFETY: FFI calls without preconditions.
     unsafe { bindings::want_init_on_free() || bindings::page_poisoning_enabled_static() }
 }
+
+#[cfg(CONFIG_RUST_BALLOON_KUNIT_TEST)]
+#[macros::kunit_tests(rust_kernel_balloon)]
+mod tests {
+    use super::*;
+    use crate::vmstat;
+
+    #[pin_data]
+    struct TestBalloon {
+        #[pin]
+        pages: BalloonPages,
+    }
+
+    impl Migrate for TestBalloon {
+        fn migrate(&self, _new_pfn: usize, _old_pfn: usize) -> Result {
+            Err(EAGAIN)
+        }
+    }
+
+    crate::impl_has_balloon_pages! { impl HasBalloonPages for TestBalloon { self.pages } }
+
+    fn balloon(adjust_managed: bool) -> Result<Pin<KBox<TestBalloon>>> {
+        KBox::pin_init(
+            pin_init!(TestBalloon {
+                pages <- BalloonPages::new::<TestBalloon>(adjust_managed),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    #[test]
+    fn empty_balloon_dequeues_nothing() -> Result {
+        let b = balloon(false)?;
+        assert!(b.pages.is_empty());
+        // balloon_page_dequeue() would BUG() here.
+        assert!(b.pages.dequeue().is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn pages_come_out_as_they_went_in() -> Result {
+        let b = balloon(false)?;
+        let mut pfns = KVec::new();
+        for _ in 0..4 {
+            let page = BalloonPage::alloc().ok_or(ENOMEM)?;
+            let pfn = page.pfn();
+            assert_eq!(b.pages.enqueue(page), pfn);
+            pfns.push(pfn, GFP_KERNEL)?;
+        }
+        assert_eq!(b.pages.len(), 4);
+        while let Some(page) = b.pages.dequeue() {
+            assert!(pfns.iter().any(|p| *p == page.pfn()));
+        }
+        assert!(b.pages.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn managed_memory_follows_the_flag() -> Result {
+        let page_bytes = crate::page::PAGE_SIZE as u64;
+        for adjust in [true, false] {
+            let b = balloon(adjust)?;
+            let total = vmstat::meminfo().total;
+            b.pages.enqueue(BalloonPage::alloc().ok_or(ENOMEM)?);
+            let inside = vmstat::meminfo().total;
+            assert_eq!(inside, if adjust { total - page_bytes } else { total });
+            drop(b.pages.dequeue());
+            assert_eq!(vmstat::meminfo().total, total);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn dropping_a_full_balloon_frees_its_pages() -> Result {
+        let b = balloon(true)?;
+        let total = vmstat::meminfo().total;
+        b.pages.enqueue(BalloonPage::alloc().ok_or(ENOMEM)?);
+        drop(b);
+        assert_eq!(vmstat::meminfo().total, total);
+        Ok(())
+    }
+
+    #[test]
+    fn counters_are_sane() {
+        let m = vmstat::meminfo();
+        assert!(m.total > 0 && m.free <= m.total);
+        assert!(vmstat::mem_available() <= m.total);
+    }
+}

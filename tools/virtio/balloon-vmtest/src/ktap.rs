@@ -101,6 +101,33 @@ pub fn parse(lines: &[String]) -> Vec<TestResult> {
     out
 }
 
+/// Results of the KUnit suites the kernel ran at boot, as `kunit:SUITE.TEST`. Boot-time KUnit
+/// prints each suite as a KTAP subtest indented by four spaces under `# Subtest: SUITE`.
+pub fn parse_kunit(lines: &[String]) -> Vec<TestResult> {
+    let mut out = Vec::new();
+    let mut suite: Option<String> = None;
+    for raw in lines {
+        let l = raw.trim_end();
+        let t = l.trim_start();
+        if let Some(s) = t.strip_prefix("# Subtest: ") {
+            suite = Some(s.trim().to_string());
+            continue;
+        }
+        let Some(su) = &suite else { continue };
+        let indent = l.len() - t.len();
+        match (indent, parse_result(t)) {
+            (4, Some((ok, name, note))) => out.push(TestResult {
+                name: format!("kunit:{su}.{name}"),
+                status: status(ok, &note),
+                note,
+            }),
+            (0, Some(_)) => suite = None,
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +176,15 @@ mod tests {
         let r = parse(&log);
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].name, "prog");
+        assert_eq!(r[1].status, Status::Fail);
+    }
+
+    #[test]
+    fn kunit_suites() {
+        let log = v("KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: rust_kernel_balloon\n    1..2\n    ok 1 empty\n    not ok 2 full\n# rust_kernel_balloon: pass:1 fail:1\nnot ok 1 rust_kernel_balloon\nok 1 selftests: d: p\n");
+        let r = parse_kunit(&log);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].name, "kunit:rust_kernel_balloon.empty");
         assert_eq!(r[1].status, Status::Fail);
     }
 

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use vm::{Config, Device, Vm};
 
 const USAGE: &str = "\
-usage: balloon-vmtest check|demo --kernel BZIMAGE --initrd INITRD [options]
+usage: balloon-vmtest check|demo|bench --kernel BZIMAGE --initrd INITRD [options]
 
   check   run the virtio_balloon kselftests once per driver and device
   demo    inflate and deflate the balloon, showing host and guest views
+  bench   time 1 GiB inflate and deflate for each driver, in one boot
 
 options:
   --driver MODULE     balloon driver module; check takes it several times
@@ -209,7 +210,14 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
         }
     }
     vm.finish(Duration::from_secs(5));
-    results.extend(ktap::parse(&vm.log));
+    // KUnit runs in the kernel before init; the kselftests after it.
+    let init = vm
+        .log
+        .iter()
+        .position(|l| l.starts_with("@@BOOTED"))
+        .unwrap_or(0);
+    results.extend(ktap::parse_kunit(&vm.log[..init]));
+    results.extend(ktap::parse(&vm.log[init..]));
     if !done {
         let why = verdict.unwrap_or_else(|| "the guest stopped before the suite finished".into());
         results.push(fail(
@@ -558,6 +566,75 @@ fn demo(a: &Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `@@BENCH DRIVER inflate_ms=N deflate_ms=N`
+fn bench_line(l: &str) -> Option<(String, u64, u64)> {
+    let mut w = l.strip_prefix("@@BENCH ")?.split_whitespace();
+    let driver = w.next()?.to_string();
+    let inflate = w.next()?.strip_prefix("inflate_ms=")?.parse().ok()?;
+    let deflate = w.next()?.strip_prefix("deflate_ms=")?.parse().ok()?;
+    Some((driver, inflate, deflate))
+}
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// Times 1 GiB of inflate and deflate for every driver in the same boot; the first driver
+/// is the reference the others are compared with.
+fn bench(a: &Args) -> ExitCode {
+    let cfg = config(a, &a.drivers.join(","), &a.devices[0], "bench");
+    eprintln!(
+        ">> bench: {} MiB guest, drivers {}, {} accel",
+        a.mem,
+        a.drivers.join(", "),
+        a.accel
+    );
+    let mut vm = match Vm::start(&cfg) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    vm.finish(Duration::from_secs(900));
+    let runs: Vec<_> = vm.log.iter().filter_map(|l| bench_line(l)).collect();
+    for l in vm.log.iter().filter(|l| l.starts_with("@@HOST-ERROR")) {
+        eprintln!("bench: {l}");
+    }
+    let mut rows = Vec::new();
+    for d in &a.drivers {
+        let mut inf: Vec<u64> = runs.iter().filter(|r| &r.0 == d).map(|r| r.1).collect();
+        let mut def: Vec<u64> = runs.iter().filter(|r| &r.0 == d).map(|r| r.2).collect();
+        if inf.is_empty() {
+            eprintln!(
+                "bench: no result for {d}; console in {}",
+                vm.log_path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        rows.push((d.clone(), inf.len(), median(&mut inf), median(&mut def)));
+    }
+    let (_, _, ref_in, ref_de) = rows[0].clone();
+    println!(
+        "\n1 GiB balloon, median of runs ({} MiB guest, {} accel)",
+        a.mem, a.accel
+    );
+    println!(
+        "{:22} {:>4} {:>11} {:>11} {:>9} {:>9}",
+        "driver", "runs", "inflate ms", "deflate ms", "inflate x", "deflate x"
+    );
+    for (d, n, i, de) in &rows {
+        println!(
+            "{d:22} {n:>4} {i:>11} {de:>11} {:>9.2} {:>9.2}",
+            *i as f64 / ref_in.max(1) as f64,
+            *de as f64 / ref_de.max(1) as f64
+        );
+    }
+    println!("(x: time relative to {}; lower is faster)", rows[0].0);
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() || argv[0] == "--help" || argv[0] == "-h" {
@@ -574,6 +651,7 @@ fn main() -> ExitCode {
     match a.cmd.as_str() {
         "check" => check(&a),
         "demo" => demo(&a),
+        "bench" => bench(&a),
         c => {
             eprintln!("balloon-vmtest: unknown command {c}\n\n{USAGE}");
             ExitCode::from(2)
@@ -622,6 +700,16 @@ mod tests {
         assert_eq!(progress(512, 384, 256), 0.5);
         assert_eq!(progress(7, 7, 7), 1.0);
         assert_eq!(bar(0.5, 4), "[##..]");
+    }
+
+    #[test]
+    fn bench_lines() {
+        assert_eq!(
+            bench_line("@@BENCH virtio_balloon inflate_ms=512 deflate_ms=480"),
+            Some(("virtio_balloon".into(), 512, 480))
+        );
+        assert_eq!(bench_line("@@BENCH x inflate_ms= deflate_ms=1"), None);
+        assert_eq!(median(&mut [5, 1, 3]), 3);
     }
 
     #[test]
