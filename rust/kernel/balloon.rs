@@ -39,7 +39,7 @@ impl BalloonPage {
     /// The page frame number.
     pub fn pfn(&self) -> usize {
         // SAFETY: `self.0` is a valid page owned by us.
-        unsafe { bindings::page_to_pfn(self.0.as_ptr()) as usize }
+        unsafe { bindings::page_to_pfn(self.0.as_ptr()) }
     }
 }
 
@@ -90,6 +90,11 @@ macro_rules! impl_has_balloon_pages {
 }
 
 /// The `migratepage` callback of a balloon embedded in a `T`.
+///
+/// # Safety
+///
+/// Only the balloon core calls it, with the `balloon_dev_info` of a [`BalloonPages`] set up by
+/// [`BalloonPages::new::<T>`] and two valid, locked pages.
 unsafe extern "C" fn migrate_callback<T: HasBalloonPages>(
     info: *mut bindings::balloon_dev_info,
     newpage: *mut bindings::page,
@@ -112,7 +117,7 @@ unsafe extern "C" fn migrate_callback<T: HasBalloonPages>(
     // SAFETY: Both pages are valid and locked by the migration core.
     let (new_pfn, old_pfn) =
         unsafe { (bindings::page_to_pfn(newpage), bindings::page_to_pfn(page)) };
-    match owner.migrate(new_pfn as usize, old_pfn as usize) {
+    match owner.migrate(new_pfn, old_pfn) {
         Ok(()) => 0,
         // -ENOENT would tell the core the old page left the balloon without a dequeue, which
         // breaks the page count: retry instead.

@@ -6,7 +6,7 @@
 //! [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h).
 //!
 //! A virtio driver implements [`Driver`] and registers with
-//! [`module_virtio_driver!`]. The bus calls it in these contexts:
+//! [`module_virtio_driver!`](crate::module_virtio_driver). The bus calls it in these contexts:
 //!
 //! | callback | context |
 //! |---|---|
@@ -759,23 +759,21 @@ impl<B: Send> Virtqueue<B> {
     /// Number of descriptors in the ring.
     pub fn vring_size(&self) -> u32 {
         let state = self.transport.state.lock();
-        // SAFETY: The queue is live while `alive`.
-        if state.alive {
-            unsafe { bindings::virtqueue_get_vring_size(self.vq.as_ptr()) }
-        } else {
-            0
+        if !state.alive {
+            return 0;
         }
+        // SAFETY: The queue is live while `alive`.
+        unsafe { bindings::virtqueue_get_vring_size(self.vq.as_ptr()) }
     }
 
     /// Number of free descriptors.
     pub fn num_free(&self) -> u32 {
         let state = self.transport.state.lock();
-        // SAFETY: The queue is live while `alive`; `num_free` is a plain field.
-        if state.alive {
-            unsafe { (*self.vq.as_ptr()).num_free }
-        } else {
-            0
+        if !state.alive {
+            return 0;
         }
+        // SAFETY: The queue is live while `alive`; `num_free` is a plain field.
+        unsafe { (*self.vq.as_ptr()).num_free }
     }
 }
 
