@@ -15,12 +15,12 @@
 use core::{cmp::min, mem::offset_of};
 use kernel::{
     balloon::{self, BalloonPage, BalloonPages},
-    bindings, device, impl_has_balloon_pages, new_condvar, new_mutex, new_spinlock_irq,
+    bindings, device, new_condvar, new_mutex, new_spinlock_irq,
     page::PAGE_SIZE,
     prelude::*,
     sync::{aref::ARef, Arc, CondVar, Mutex, SpinLockIrq},
     time::{delay::fsleep, Delta, Instant, Monotonic},
-    virtio::{self, QueueInfo, Transport, Virtqueue},
+    virtio::{self, QueueFinder, QueueInfo, Transport, Virtqueue},
     vmstat,
     workqueue::{self, impl_has_work, new_work, Work, WorkItem},
 };
@@ -80,28 +80,35 @@ struct Inner {
     leaking: KVec<BalloonPage>,
 }
 
+/// What telling the host about pages needs: the inflate and deflate queues, `balloon_lock`
+/// and the acknowledgement counter. The balloon page list owns it, so that page migration
+/// (which tells the host too) always finds it alive.
 #[pin_data]
-struct Balloon {
+struct HostLink {
     dev: ARef<virtio::Device>,
     transport: Arc<Transport>,
     inflate_vq: Virtqueue<PfnBuf>,
     deflate_vq: Virtqueue<PfnBuf>,
-    stats_vq: Option<Virtqueue<StatsBuf>>,
-    #[pin]
-    pages: BalloonPages,
     /// Held across a whole inflate or deflate, including the wait for the host.
     #[pin]
     balloon_lock: Mutex<Inner>,
-    /// Pages allocated for the next inflate message, before `balloon_lock` is taken. Only the
-    /// size work fills the balloon, so this lock is never contended; the vector keeps its
-    /// capacity, so inflating allocates nothing but pages.
-    #[pin]
-    filling: Mutex<KVec<BalloonPage>>,
     /// Counts inflate/deflate acknowledgements (interrupt context) for waiters.
     #[pin]
     acked: SpinLockIrq<u64>,
     #[pin]
     acked_cv: CondVar,
+}
+
+#[pin_data]
+struct Balloon {
+    #[pin]
+    pages: BalloonPages<HostLink>,
+    stats_vq: Option<Virtqueue<StatsBuf>>,
+    /// Pages allocated for the next inflate message, before `balloon_lock` is taken. Only the
+    /// size work fills the balloon, so this lock is never contended; the vector keeps its
+    /// capacity, so inflating allocates nothing but pages.
+    #[pin]
+    filling: Mutex<KVec<BalloonPage>>,
     /// Set when the device goes away: no more work is queued.
     #[pin]
     stop_update: SpinLockIrq<bool>,
@@ -135,26 +142,89 @@ impl WorkItem<1> for Balloon {
     }
 }
 
-impl_has_balloon_pages! { impl HasBalloonPages for Balloon { self.pages } }
-
-impl balloon::Migrate for Balloon {
+impl balloon::Migrate for HostLink {
     /// Compaction moves a ballooned page: the host takes the new frame and gives back the old
     /// one, so the balloon keeps its size.
     fn migrate(&self, new_pfn: usize, old_pfn: usize) -> Result {
         // Compaction must not wait behind a long inflate or deflate.
         let mut inner = self.balloon_lock.try_lock().ok_or(EAGAIN)?;
         let mut buf = inner.pfns.take().ok_or(EAGAIN)?;
-        let mut n = self.put_pfns(&mut buf, 0, new_pfn);
-        buf = self.tell_host(&self.inflate_vq, buf, n);
-        n = self.put_pfns(&mut buf, 0, old_pfn);
-        buf = self.tell_host(&self.deflate_vq, buf, n);
+        let n = self.put_pfns(&mut buf, 0, new_pfn);
+        let sent = self.tell_host(&self.inflate_vq, buf, n);
+        let told = sent.is_ok();
+        buf = sent.unwrap_or_else(|b| b);
+        if told {
+            let n = self.put_pfns(&mut buf, 0, old_pfn);
+            buf = self
+                .tell_host(&self.deflate_vq, buf, n)
+                .unwrap_or_else(|b| b);
+        }
         inner.pfns = Some(buf);
-        Ok(())
+        // The host never heard of the new page: keep the old one in the balloon.
+        if told {
+            Ok(())
+        } else {
+            Err(EAGAIN)
+        }
+    }
+}
+
+impl HostLink {
+    /// The device, for messages.
+    fn dev(&self) -> &device::Device {
+        (*self.dev).as_ref()
+    }
+
+    /// Writes the 4 KiB frame numbers of the guest page at `pfn` into `buf` from index `n`, in
+    /// the device's byte order; returns the next index. Frame numbers are 32 bits on the
+    /// wire and wrap as in the C driver.
+    fn put_pfns(&self, buf: &mut PfnBuf, mut n: usize, pfn: usize) -> usize {
+        let first = (pfn as u32).wrapping_mul(PAGES_PER_PAGE);
+        for i in 0..PAGES_PER_PAGE {
+            buf[n] = self.dev.cpu_to_virtio32(first.wrapping_add(i));
+            n += 1;
+        }
+        n
+    }
+
+    /// Sends the first `n` PFNs of `buf` and waits until the host has used them. Returns the
+    /// buffer, as `Err` if it could not be sent. The caller holds `balloon_lock`, as in the C
+    /// driver.
+    fn tell_host(
+        &self,
+        vq: &Virtqueue<PfnBuf>,
+        buf: KBox<PfnBuf>,
+        n: usize,
+    ) -> Result<KBox<PfnBuf>, KBox<PfnBuf>> {
+        if let Err(virtio::AddError(e, buf)) = vq.add_outbuf(buf, n * size_of::<u32>()) {
+            dev_warn!(self.dev(), "cannot queue {} page frames: {:?}\n", n, e);
+            return Err(buf);
+        }
+        vq.kick();
+        loop {
+            let seen = *self.acked.lock();
+            if let Some((buf, _)) = vq.get_buf() {
+                return Ok(buf);
+            }
+            let mut acked = self.acked.lock();
+            while *acked == seen {
+                self.acked_cv.wait(&mut acked);
+            }
+        }
+    }
+
+    /// An inflate or deflate message was used by the host (interrupt context).
+    fn ack(&self) {
+        *self.acked.lock() += 1;
+        self.acked_cv.notify_all();
     }
 }
 
 impl Balloon {
-    fn new(dev: &virtio::Device<device::Core<'_>>) -> Result<Arc<Self>> {
+    fn new(
+        dev: &virtio::Device<device::Core<'_>>,
+        finder: QueueFinder<BalloonDriver>,
+    ) -> Result<Arc<Self>> {
         if !dev.has_config() {
             dev_err!(dev.as_ref(), "config space access is not supported\n");
             return Err(EINVAL);
@@ -174,7 +244,7 @@ impl Balloon {
                 callback: true,
             },
         ];
-        let (transport, mut vqs) = dev.find_vqs::<BalloonDriver>(&queues)?;
+        let (transport, mut vqs) = finder.find_vqs(dev, &queues)?;
         let mut take = |slot: usize| vqs[slot].take().ok_or(ENODEV);
         let inflate_vq = Virtqueue::new(take(VQ_INFLATE)?)?;
         let deflate_vq = Virtqueue::new(take(VQ_DEFLATE)?)?;
@@ -192,16 +262,24 @@ impl Balloon {
 
         Arc::pin_init(
             pin_init!(Balloon {
-                dev: dev.into(),
-                transport,
-                inflate_vq,
-                deflate_vq,
+                pages <- BalloonPages::new(
+                    adjust_managed,
+                    pin_init!(HostLink {
+                        dev: dev.into(),
+                        transport,
+                        inflate_vq,
+                        deflate_vq,
+                        balloon_lock <- new_mutex!(Inner {
+                            num_pages: 0,
+                            pfns: Some(pfns),
+                            leaking,
+                        }),
+                        acked <- new_spinlock_irq!(0),
+                        acked_cv <- new_condvar!(),
+                    }),
+                ),
                 stats_vq,
-                pages <- BalloonPages::new::<Balloon>(adjust_managed),
-                balloon_lock <- new_mutex!(Inner { num_pages: 0, pfns: Some(pfns), leaking }),
                 filling <- new_mutex!(filling),
-                acked <- new_spinlock_irq!(0),
-                acked_cv <- new_condvar!(),
                 stop_update <- new_spinlock_irq!(false),
                 size_work <- new_work!("virtio_balloon_rust::size"),
                 stats_work <- new_work!("virtio_balloon_rust::stats"),
@@ -211,26 +289,32 @@ impl Balloon {
         )
     }
 
+    /// The queues and lock for talking to the host.
+    fn link(&self) -> &HostLink {
+        self.pages.migrator()
+    }
+
     /// The device, for messages.
     fn dev(&self) -> &device::Device {
-        (*self.dev).as_ref()
+        self.link().dev()
     }
 
     /// How many 4 KiB pages the balloon must grow (positive) or shrink (negative) by.
     fn towards_target(&self) -> i64 {
         // The balloon's config space is little-endian even on legacy devices.
-        let Ok(num_pages) = self.transport.read_config_le32(CFG_NUM_PAGES) else {
+        let Ok(num_pages) = self.link().transport.read_config_le32(CFG_NUM_PAGES) else {
             return 0;
         };
-        let target = num_pages.next_multiple_of(PAGES_PER_PAGE);
-        i64::from(target) - i64::from(self.balloon_lock.lock().num_pages)
+        // ALIGN(): whole guest pages, wrapping like the C driver on absurd values.
+        let target = num_pages.wrapping_add(PAGES_PER_PAGE - 1) & !(PAGES_PER_PAGE - 1);
+        i64::from(target) - i64::from(self.link().balloon_lock.lock().num_pages)
     }
 
     /// Reports the balloon size to the host.
     fn update_balloon_size(&self) {
-        let actual = self.balloon_lock.lock().num_pages;
+        let actual = self.link().balloon_lock.lock().num_pages;
         // Fails only once the device is gone, when there is nobody to tell.
-        let _ = self.transport.write_config_le32(CFG_ACTUAL, actual);
+        let _ = self.link().transport.write_config_le32(CFG_ACTUAL, actual);
     }
 
     fn queue_size_work(this: &Arc<Self>) {
@@ -259,43 +343,6 @@ impl Balloon {
         }
     }
 
-    /// An inflate or deflate message was used by the host (interrupt context).
-    fn ack(&self) {
-        *self.acked.lock() += 1;
-        self.acked_cv.notify_all();
-    }
-
-    /// Writes the 4 KiB frame numbers of the guest page at `pfn` into `buf` from index `n`, in
-    /// the device's byte order; returns the next index.
-    fn put_pfns(&self, buf: &mut PfnBuf, mut n: usize, pfn: usize) -> usize {
-        let first = pfn as u32 * PAGES_PER_PAGE;
-        for i in 0..PAGES_PER_PAGE {
-            buf[n] = self.dev.cpu_to_virtio32(first + i);
-            n += 1;
-        }
-        n
-    }
-
-    /// Sends the first `n` PFNs of `buf` and waits until the host has used them; returns the
-    /// buffer. The caller holds `balloon_lock`, as in the C driver.
-    fn tell_host(&self, vq: &Virtqueue<PfnBuf>, buf: KBox<PfnBuf>, n: usize) -> KBox<PfnBuf> {
-        if let Err(virtio::AddError(e, buf)) = vq.add_outbuf(buf, n * size_of::<u32>()) {
-            dev_warn!(self.dev(), "cannot queue {} page frames: {:?}\n", n, e);
-            return buf;
-        }
-        vq.kick();
-        loop {
-            let seen = *self.acked.lock();
-            if let Some((buf, _)) = vq.get_buf() {
-                return buf;
-            }
-            let mut acked = self.acked.lock();
-            while *acked == seen {
-                self.acked_cv.wait(&mut acked);
-            }
-        }
-    }
-
     fn out_of_puff(&self, n: u64) {
         let mut puff = self.puff.lock();
         let now = Instant::<Monotonic>::now();
@@ -318,10 +365,10 @@ impl Balloon {
     /// How many 4 KiB pages the balloon may still take without eating into the reserve the
     /// guest keeps for itself.
     fn room(&self) -> u64 {
-        let in_balloon = u64::from(self.balloon_lock.lock().num_pages) * BALLOON_PAGE;
+        let in_balloon = u64::from(self.link().balloon_lock.lock().num_pages) * BALLOON_PAGE;
         // MemTotal drops as the balloon grows unless deflate-on-OOM was negotiated.
         let total = vmstat::meminfo().total
-            + if self.dev.has_feature(F_DEFLATE_ON_OOM) {
+            + if self.link().dev.has_feature(F_DEFLATE_ON_OOM) {
                 0
             } else {
                 in_balloon
@@ -353,19 +400,22 @@ impl Balloon {
             got += PAGES_PER_PAGE;
         }
 
-        let mut inner = self.balloon_lock.lock();
+        let mut inner = self.link().balloon_lock.lock();
         let Some(mut buf) = inner.pfns.take() else {
             return 0;
         };
         let mut n = 0;
         for page in new_pages.drain_all() {
-            n = self.put_pfns(&mut buf, n, self.pages.enqueue(page));
+            n = self.link().put_pfns(&mut buf, n, self.pages.enqueue(page));
             inner.num_pages += PAGES_PER_PAGE;
         }
         // The pages are in the balloon before the host hears of them, so they cannot be
         // deflated before it acknowledged the inflate: deflate takes this lock too.
         if n > 0 {
-            buf = self.tell_host(&self.inflate_vq, buf, n);
+            buf = self
+                .link()
+                .tell_host(&self.link().inflate_vq, buf, n)
+                .unwrap_or_else(|b| b);
         }
         inner.pfns = Some(buf);
         n as u32
@@ -373,7 +423,7 @@ impl Balloon {
 
     /// Deflates by up to `num` 4 KiB pages (at most one message); returns how many.
     fn leak(&self, num: u64) -> u32 {
-        let mut inner = self.balloon_lock.lock();
+        let mut inner = self.link().balloon_lock.lock();
         let num = min(min(num, ARRAY_PFNS_MAX as u64), u64::from(inner.num_pages)) as u32;
         let Some(mut buf) = inner.pfns.take() else {
             return 0;
@@ -383,14 +433,17 @@ impl Balloon {
             let Some(page) = self.pages.dequeue() else {
                 break;
             };
-            n = self.put_pfns(&mut buf, n, page.pfn());
+            n = self.link().put_pfns(&mut buf, n, page.pfn());
             // Capacity for a whole message was reserved at probe: this cannot fail.
             let _ = inner.leaking.push(page, GFP_NOWAIT);
             inner.num_pages -= PAGES_PER_PAGE;
         }
         // Tell the host before the pages go back to the guest's allocator (MUST_TELL_HOST).
         if n > 0 {
-            buf = self.tell_host(&self.deflate_vq, buf, n);
+            buf = self
+                .link()
+                .tell_host(&self.link().deflate_vq, buf, n)
+                .unwrap_or_else(|b| b);
         }
         inner.pfns = Some(buf);
         inner.leaking.clear();
@@ -402,8 +455,8 @@ impl Balloon {
     fn update_stats(&self, buf: &mut StatsBuf) -> usize {
         let mut n = 0;
         let mut put = |tag: u32, val: u64| {
-            let tag = self.dev.cpu_to_virtio16(tag as u16);
-            let val = self.dev.cpu_to_virtio64(val);
+            let tag = self.link().dev.cpu_to_virtio16(tag as u16);
+            let val = self.link().dev.cpu_to_virtio64(val);
             buf[n..n + 2].copy_from_slice(&tag.to_ne_bytes());
             buf[n + 2..n + STAT_SIZE].copy_from_slice(&val.to_ne_bytes());
             n += STAT_SIZE;
@@ -425,23 +478,20 @@ impl Balloon {
             put(bindings::VIRTIO_BALLOON_S_MINFLT, ev.get(Event::Fault));
             put(bindings::VIRTIO_BALLOON_S_OOM_KILL, ev.get(Event::OomKill));
             put(bindings::VIRTIO_BALLOON_S_ALLOC_STALL, ev.alloc_stalls());
-            let node = |s| bytes(vmstat::node_page_state(s));
-            put(
-                bindings::VIRTIO_BALLOON_S_ASYNC_SCAN,
-                node(NodeStat::ScanKswapd),
-            );
-            put(
-                bindings::VIRTIO_BALLOON_S_DIRECT_SCAN,
-                node(NodeStat::ScanDirect),
-            );
-            put(
-                bindings::VIRTIO_BALLOON_S_ASYNC_RECLAIM,
-                node(NodeStat::StealKswapd),
-            );
-            put(
-                bindings::VIRTIO_BALLOON_S_DIRECT_RECLAIM,
-                node(NodeStat::StealDirect),
-            );
+            for (tag, counter) in [
+                (bindings::VIRTIO_BALLOON_S_ASYNC_SCAN, NodeStat::ScanKswapd),
+                (bindings::VIRTIO_BALLOON_S_DIRECT_SCAN, NodeStat::ScanDirect),
+                (
+                    bindings::VIRTIO_BALLOON_S_ASYNC_RECLAIM,
+                    NodeStat::StealKswapd,
+                ),
+                (
+                    bindings::VIRTIO_BALLOON_S_DIRECT_RECLAIM,
+                    NodeStat::StealDirect,
+                ),
+            ] {
+                put(tag, bytes(vmstat::node_page_state(counter)));
+            }
             #[cfg(CONFIG_HUGETLB_PAGE)]
             {
                 put(
@@ -511,6 +561,7 @@ struct BalloonDriver;
 
 impl virtio::Driver for BalloonDriver {
     type Data<'bound> = VirtioBalloon;
+    type Config = bindings::virtio_balloon_config;
 
     const ID_TABLE: virtio::IdTable = &BALLOON_TABLE;
 
@@ -518,23 +569,24 @@ impl virtio::Driver for BalloonDriver {
     // reporting are not offered yet.
     const FEATURES: &'static [u32] = &[F_MUST_TELL_HOST, F_STATS_VQ, F_DEFLATE_ON_OOM];
 
-    fn validate(dev: &virtio::Device<device::Core<'_>>) -> Result {
+    fn validate(features: &virtio::Features<'_>) -> Result {
         if !balloon::free_pages_have_contents() {
-            dev.clear_feature(F_PAGE_POISON);
-        } else if !dev.has_feature(F_PAGE_POISON) {
-            dev.clear_feature(F_REPORTING);
+            features.clear(F_PAGE_POISON);
+        } else if !features.has(F_PAGE_POISON) {
+            features.clear(F_REPORTING);
         }
         // No allocation in virtqueue_add while reporting free pages.
-        dev.clear_feature(bindings::VIRTIO_RING_F_INDIRECT_DESC);
-        dev.clear_feature(bindings::VIRTIO_F_ACCESS_PLATFORM);
+        features.clear(bindings::VIRTIO_RING_F_INDIRECT_DESC);
+        features.clear(bindings::VIRTIO_F_ACCESS_PLATFORM);
         Ok(())
     }
 
     fn probe<'bound>(
         dev: &'bound virtio::Device<device::Core<'_>>,
+        queues: QueueFinder<Self>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         try_pin_init!(VirtioBalloon {
-            b: Balloon::new(dev)?,
+            b: Balloon::new(dev, queues)?,
         }? Error)
     }
 
@@ -561,7 +613,7 @@ impl virtio::Driver for BalloonDriver {
 
     fn queue_done(this: Pin<&VirtioBalloon>, slot: usize) {
         match slot {
-            VQ_INFLATE | VQ_DEFLATE => this.b.ack(),
+            VQ_INFLATE | VQ_DEFLATE => this.b.link().ack(),
             VQ_STATS => Balloon::stats_request(&this.b),
             _ => {}
         }
@@ -571,16 +623,32 @@ impl virtio::Driver for BalloonDriver {
         let b = &this.b;
         Balloon::quiesce(b);
         // Every page goes back to the guest, and the host hears of each first.
-        while b.balloon_lock.lock().num_pages > 0 {
-            let left = b.balloon_lock.lock().num_pages;
-            b.leak(u64::from(left));
+        while b.link().balloon_lock.lock().num_pages > 0 {
+            let left = b.link().balloon_lock.lock().num_pages;
+            if b.leak(u64::from(left)) == 0 {
+                // Every page left is isolated for migration: it comes back shortly.
+                fsleep(Delta::from_millis(1));
+            }
         }
         b.update_balloon_size();
-        b.transport.delete(dev);
+        b.link().transport.delete(dev);
     }
 
     fn shutdown<'bound>(_dev: &'bound virtio::Device<device::Core<'_>>, this: Pin<&VirtioBalloon>) {
         Balloon::quiesce(&this.b);
+    }
+
+    /// Suspend is not supported yet: refuse it rather than lose the queues under the driver's
+    /// feet (the core resets the device on resume).
+    fn freeze<'bound>(
+        dev: &'bound virtio::Device<device::Core<'_>>,
+        _this: Pin<&VirtioBalloon>,
+    ) -> Result {
+        dev_err!(
+            dev.as_ref(),
+            "suspend is not supported by this driver yet\n"
+        );
+        Err(EOPNOTSUPP)
     }
 }
 

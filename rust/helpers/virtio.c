@@ -35,6 +35,11 @@ __rust_helper void rust_helper_virtio_del_vqs(struct virtio_device *vdev)
 	vdev->config->del_vqs(vdev);
 }
 
+__rust_helper u8 rust_helper_virtio_get_status(struct virtio_device *vdev)
+{
+	return vdev->config->get_status(vdev);
+}
+
 __rust_helper void rust_helper_virtio_device_ready(struct virtio_device *vdev)
 {
 	virtio_device_ready(vdev);

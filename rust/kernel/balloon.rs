@@ -11,10 +11,8 @@
 //! driver holds nothing that reaches it.
 //!
 //! With `CONFIG_BALLOON_MIGRATION` the core may move a ballooned page to
-//! another frame (compaction); the driver then tells the host through
-//! [`Migrate::migrate`]. The list is therefore embedded in the driver's
-//! structure, which implements [`Migrate`] and names the field with
-//! [`impl_has_balloon_pages!`](crate::impl_has_balloon_pages).
+//! another frame (compaction); it then calls [`Migrate::migrate`] on the
+//! migrator the [`BalloonPages`] owns, which tells the host.
 
 use crate::{bindings, container_of, prelude::*, types::Opaque};
 use core::{
@@ -50,8 +48,8 @@ impl Drop for BalloonPage {
     }
 }
 
-/// A driver structure holding [`BalloonPages`], told when the core migrates a page.
-pub trait Migrate: Sync {
+/// Tells the host about migrated balloon pages; owned by [`BalloonPages`].
+pub trait Migrate: Send + Sync {
     /// The page at `old_pfn` is being replaced by the one at `new_pfn`: tell the host to take
     /// the new one (inflate) and give back the old one (deflate). Runs in compaction or
     /// migration context with the page locked, and may sleep. Return `EAGAIN` to have the core
@@ -59,65 +57,31 @@ pub trait Migrate: Sync {
     fn migrate(&self, new_pfn: usize, old_pfn: usize) -> Result;
 }
 
-/// Says where a structure keeps its [`BalloonPages`].
+/// The `migratepage` callback of a `BalloonPages<M>`.
 ///
 /// # Safety
 ///
-/// `OFFSET` must be the byte offset of a [`BalloonPages`] field of `Self`. Use
-/// [`impl_has_balloon_pages!`](crate::impl_has_balloon_pages).
-pub unsafe trait HasBalloonPages: Migrate {
-    /// Offset of the [`BalloonPages`] field.
-    const OFFSET: usize;
-}
-
-/// Implements [`HasBalloonPages`] for a structure with a [`BalloonPages`] field.
-///
-/// # Examples
-///
-/// ```ignore
-/// kernel::impl_has_balloon_pages! { impl HasBalloonPages for MyBalloon { self.pages } }
-/// ```
-#[macro_export]
-macro_rules! impl_has_balloon_pages {
-    (impl HasBalloonPages for $t:ty { self.$field:ident }) => {
-        const _: fn(&$t) -> &$crate::balloon::BalloonPages = |x| &x.$field;
-        // SAFETY: `OFFSET` is the offset of `$field`, which the line above checks to be a
-        // `BalloonPages`.
-        unsafe impl $crate::balloon::HasBalloonPages for $t {
-            const OFFSET: usize = ::core::mem::offset_of!($t, $field);
-        }
-    };
-}
-
-/// The `migratepage` callback of a balloon embedded in a `T`.
-///
-/// # Safety
-///
-/// Only the balloon core calls it, with the `balloon_dev_info` of a [`BalloonPages`] set up by
-/// [`BalloonPages::new::<T>`] and two valid, locked pages.
-unsafe extern "C" fn migrate_callback<T: HasBalloonPages>(
+/// Only the balloon core calls it, with the `balloon_dev_info` of a `BalloonPages<M>` set up by
+/// [`BalloonPages::new`] and two valid, locked pages.
+unsafe extern "C" fn migrate_callback<M: Migrate>(
     info: *mut bindings::balloon_dev_info,
     newpage: *mut bindings::page,
     page: *mut bindings::page,
     _mode: bindings::migrate_mode,
 ) -> c_int {
-    // SAFETY: The core passes the `balloon_dev_info` the page was enqueued on, which is the
-    // `info` field of a `BalloonPages`: `Opaque` is transparent.
+    // SAFETY: The core passes the `balloon_dev_info` the page was enqueued on: the `info` field
+    // of a pinned `BalloonPages<M>` (`Opaque` is transparent), set up by `new::<M>`.
     let pages = unsafe {
-        container_of!(
+        &*container_of!(
             info.cast::<Opaque<bindings::balloon_dev_info>>(),
-            BalloonPages,
+            BalloonPages<M>,
             info
         )
     };
-    // SAFETY: By `HasBalloonPages`, that `BalloonPages` is the field at `T::OFFSET` of a `T`.
-    // The `T` is alive: it holds pages in its balloon (the one being migrated is isolated), and
-    // `BalloonPages` takes every page back before it is dropped.
-    let owner = unsafe { &*pages.byte_sub(T::OFFSET).cast::<T>() };
     // SAFETY: Both pages are valid and locked by the migration core.
     let (new_pfn, old_pfn) =
         unsafe { (bindings::page_to_pfn(newpage), bindings::page_to_pfn(page)) };
-    match owner.migrate(new_pfn, old_pfn) {
+    match pages.migrator.migrate(new_pfn, old_pfn) {
         Ok(()) => 0,
         // -ENOENT would tell the core the old page left the balloon without a dequeue, which
         // breaks the page count: retry instead.
@@ -126,40 +90,55 @@ unsafe extern "C" fn migrate_callback<T: HasBalloonPages>(
     }
 }
 
-/// The pages in a balloon (`struct balloon_dev_info`).
+/// The pages in a balloon (`struct balloon_dev_info`), and the [`Migrate`] object that tells
+/// the host when one moves.
+///
+/// The migration callback reaches the migrator through the `balloon_dev_info` it is given, so
+/// both live in this structure: no other object has to outlive the pages. Dropping a balloon
+/// that still holds pages frees them (pages isolated for migration are waited for), so it must
+/// happen in process context; drivers deflate first, telling the host.
 ///
 /// # Invariants
 ///
 /// `count` is the number of pages enqueued and not dequeued. Pages the core isolates for
 /// migration stay counted: they come back (or are replaced) on the list.
 #[pin_data(PinnedDrop)]
-pub struct BalloonPages {
+pub struct BalloonPages<M: Migrate> {
     #[pin]
     info: Opaque<bindings::balloon_dev_info>,
     count: AtomicUsize,
+    #[pin]
+    migrator: M,
 }
 
-// SAFETY: The C functions serialize on the global `balloon_pages_lock`; `count` is atomic.
-unsafe impl Send for BalloonPages {}
-// SAFETY: As above.
-unsafe impl Sync for BalloonPages {}
+// SAFETY: The C functions serialize on the global `balloon_pages_lock`; `count` is atomic; the
+// migrator is `Send`.
+unsafe impl<M: Migrate> Send for BalloonPages<M> {}
+// SAFETY: As above; the migrator is `Sync`.
+unsafe impl<M: Migrate> Sync for BalloonPages<M> {}
 
-impl BalloonPages {
-    /// An empty balloon, to be a field of `T`. With `adjust_managed`, pages in the balloon
-    /// leave the guest's managed memory (MemTotal drops); without, they still count as RAM the
-    /// guest may take back.
-    pub fn new<T: HasBalloonPages>(adjust_managed: bool) -> impl PinInit<Self> {
+impl<M: Migrate> BalloonPages<M> {
+    /// An empty balloon with its migrator. With `adjust_managed`, pages in the balloon leave
+    /// the guest's managed memory (MemTotal drops); without, they still count as RAM the guest
+    /// may take back.
+    pub fn new(adjust_managed: bool, migrator: impl PinInit<M>) -> impl PinInit<Self> {
         pin_init!(Self {
             info <- Opaque::ffi_init(move |p: *mut bindings::balloon_dev_info| {
                 // SAFETY: `p` is valid for writes and pinned.
                 unsafe {
                     bindings::balloon_devinfo_init(p);
                     (*p).adjust_managed_page_count = adjust_managed;
-                    (*p).migratepage = Some(migrate_callback::<T>);
+                    (*p).migratepage = Some(migrate_callback::<M>);
                 }
             }),
             count: AtomicUsize::new(0),
+            migrator <- migrator,
         })
+    }
+
+    /// The migrator.
+    pub fn migrator(&self) -> &M {
+        &self.migrator
     }
 
     /// Puts `page` into the balloon and returns its page frame number.
@@ -203,11 +182,10 @@ impl BalloonPages {
 }
 
 #[pinned_drop]
-impl PinnedDrop for BalloonPages {
+impl<M: Migrate> PinnedDrop for BalloonPages<M> {
     fn drop(self: Pin<&mut Self>) {
-        // The driver deflates (telling the host) before it lets go of the balloon. Whatever is
-        // left is freed here without telling anyone, so that no page points to a balloon that
-        // is gone; pages isolated for migration come back shortly.
+        // Runs before the fields are dropped, so the migrator still serves migrations of pages
+        // that are isolated right now.
         let n = self.len();
         if n != 0 {
             pr_err!("balloon dropped with {} pages inside; freeing them\n", n);
@@ -233,35 +211,24 @@ mod tests {
     use super::*;
     use crate::vmstat;
 
-    #[pin_data]
-    struct TestBalloon {
-        #[pin]
-        pages: BalloonPages,
-    }
+    struct NoHost;
 
-    impl Migrate for TestBalloon {
+    impl Migrate for NoHost {
         fn migrate(&self, _new_pfn: usize, _old_pfn: usize) -> Result {
             Err(EAGAIN)
         }
     }
 
-    crate::impl_has_balloon_pages! { impl HasBalloonPages for TestBalloon { self.pages } }
-
-    fn balloon(adjust_managed: bool) -> Result<Pin<KBox<TestBalloon>>> {
-        KBox::pin_init(
-            pin_init!(TestBalloon {
-                pages <- BalloonPages::new::<TestBalloon>(adjust_managed),
-            }),
-            GFP_KERNEL,
-        )
+    fn balloon(adjust_managed: bool) -> Result<Pin<KBox<BalloonPages<NoHost>>>> {
+        KBox::pin_init(BalloonPages::new(adjust_managed, NoHost), GFP_KERNEL)
     }
 
     #[test]
     fn empty_balloon_dequeues_nothing() -> Result {
         let b = balloon(false)?;
-        assert!(b.pages.is_empty());
+        assert!(b.is_empty());
         // balloon_page_dequeue() would BUG() here.
-        assert!(b.pages.dequeue().is_none());
+        assert!(b.dequeue().is_none());
         Ok(())
     }
 
@@ -272,14 +239,14 @@ mod tests {
         for _ in 0..4 {
             let page = BalloonPage::alloc().ok_or(ENOMEM)?;
             let pfn = page.pfn();
-            assert_eq!(b.pages.enqueue(page), pfn);
+            assert_eq!(b.enqueue(page), pfn);
             pfns.push(pfn, GFP_KERNEL)?;
         }
-        assert_eq!(b.pages.len(), 4);
-        while let Some(page) = b.pages.dequeue() {
+        assert_eq!(b.len(), 4);
+        while let Some(page) = b.dequeue() {
             assert!(pfns.iter().any(|p| *p == page.pfn()));
         }
-        assert!(b.pages.is_empty());
+        assert!(b.is_empty());
         Ok(())
     }
 
@@ -289,10 +256,10 @@ mod tests {
         for adjust in [true, false] {
             let b = balloon(adjust)?;
             let total = vmstat::meminfo().total;
-            b.pages.enqueue(BalloonPage::alloc().ok_or(ENOMEM)?);
+            b.enqueue(BalloonPage::alloc().ok_or(ENOMEM)?);
             let inside = vmstat::meminfo().total;
             assert_eq!(inside, if adjust { total - page_bytes } else { total });
-            drop(b.pages.dequeue());
+            drop(b.dequeue());
             assert_eq!(vmstat::meminfo().total, total);
         }
         Ok(())
@@ -302,7 +269,7 @@ mod tests {
     fn dropping_a_full_balloon_frees_its_pages() -> Result {
         let b = balloon(true)?;
         let total = vmstat::meminfo().total;
-        b.pages.enqueue(BalloonPage::alloc().ok_or(ENOMEM)?);
+        b.enqueue(BalloonPage::alloc().ok_or(ENOMEM)?);
         drop(b);
         assert_eq!(vmstat::meminfo().total, total);
         Ok(())

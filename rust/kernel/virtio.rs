@@ -11,16 +11,21 @@
 //! | callback | context |
 //! |---|---|
 //! | [`Driver::validate`], [`Driver::probe`], [`Driver::ready`], [`Driver::unbind`], [`Driver::shutdown`], [`Driver::freeze`], [`Driver::restore`] | process context, may sleep |
-//! | [`Driver::config_changed`] | atomic (under the device's config spinlock); it gets no device, so it can only queue work |
+//! | [`Driver::config_changed`] | atomic (under the device's config spinlock) |
 //! | [`Driver::queue_done`] | hard interrupt |
+//!
+//! The atomic callbacks get no device, and must not sleep: queue operations and config
+//! accesses (which take a mutex) are for process context; typically they queue work.
 //!
 //! # Queues and their lifetime
 //!
-//! [`Device::find_vqs`] returns a [`Transport`] and one [`VqHandle`] per
+//! [`QueueFinder::find_vqs`] returns a [`Transport`] and one [`VqHandle`] per
 //! named queue. A handle becomes a typed [`Virtqueue<B>`], whose buffers are
 //! owned `KBox<B>`s: a buffer is handed to the device by `add_*buf` and comes
-//! back from [`Virtqueue::get_buf`] or, when the queues are deleted, is freed.
-//! So the device never sees memory the driver still uses, and no buffer leaks.
+//! back from [`Virtqueue::get_buf`] or, when the queues are deleted (which detaches the
+//! unused ones), is freed.
+//! So the device never sees memory the driver still uses, and no buffer leaks. Config space
+//! accesses are bounds-checked against [`Driver::Config`].
 //!
 //! Every queue operation and every config-space access through the
 //! [`Transport`] takes the transport's lock and fails with `ENODEV` once the
@@ -103,14 +108,20 @@ impl<T: Driver + 'static> Adapter<T> {
         // SAFETY: The virtio core calls `validate` with a valid device, holding the device lock,
         // before `probe`.
         let dev = unsafe { &*vdev.cast::<Device<device::Core<'_>>>() };
-        from_result(|| T::validate(dev).map(|()| 0))
+        from_result(|| T::validate(&Features(dev)).map(|()| 0))
     }
 
     extern "C" fn probe_callback(vdev: *mut bindings::virtio_device) -> c_int {
         // SAFETY: The virtio core calls `probe` with a valid device, holding the device lock.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+        // `priv` is this abstraction's while the driver is bound; a C driver bound before may
+        // have left its (freed) pointer there.
+        //
+        // SAFETY: `vdev` is valid and no driver uses it now.
+        unsafe { (*vdev).priv_ = core::ptr::null_mut() };
         let r = from_result(|| {
-            dev.as_ref().set_drvdata(T::probe(dev))?;
+            dev.as_ref()
+                .set_drvdata(T::probe(dev, QueueFinder(PhantomData)))?;
             // The queue and config callbacks reach the driver through drvdata, so the device may
             // only start once drvdata is set: no queue interrupt comes before DRIVER_OK, and the
             // core enables config change callbacks only after `probe` returns.
@@ -137,11 +148,14 @@ impl<T: Driver + 'static> Adapter<T> {
         // SAFETY: `remove` only follows a successful `probe`, which set drvdata to `T::Data`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
         T::unbind(dev, data);
-        // The core requires the device reset before `remove` returns. Deleting the queues
-        // resets it; a driver without queues gets a plain reset.
-        //
         // SAFETY: `vdev` is valid; the driver is done with the device.
-        if !unsafe { Transport::kill(vdev) } {
+        unsafe { Transport::kill(vdev) };
+        // The core requires the device reset before `remove` returns. Deleting the queues
+        // resets it, but a driver may have deleted them before the device became live again
+        // (freeze, restore), or have none.
+        //
+        // SAFETY: `vdev` is valid and bound.
+        if unsafe { bindings::virtio_get_status(vdev) } != 0 {
             // SAFETY: As above.
             unsafe { bindings::virtio_reset_device(vdev) };
         }
@@ -151,6 +165,9 @@ impl<T: Driver + 'static> Adapter<T> {
         // SAFETY: The core calls this only between `probe` and `remove` (config_core_enabled), on
         // a valid bound device.
         let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
+        if !dev.has_drvdata() {
+            return;
+        }
         // SAFETY: Between `probe` and `remove`, drvdata is `T::Data`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
         T::config_changed(data);
@@ -162,6 +179,10 @@ impl<T: Driver + 'static> Adapter<T> {
         // SAFETY: Queue callbacks run only after DRIVER_OK, which the bus sets after drvdata, and
         // stop when the queues are deleted or the device is reset, before drvdata goes away.
         let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
+        // A device that uses buffers before DRIVER_OK breaks the spec; do not trust it.
+        if !dev.has_drvdata() {
+            return;
+        }
         // SAFETY: As above, drvdata is `T::Data`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
         T::queue_done(data, SLOT);
@@ -203,7 +224,7 @@ impl<T: Driver + 'static> Adapter<T> {
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
         // SAFETY: As above, drvdata is `T::Data`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
-        from_result(|| T::restore(dev, data).map(|()| 0))
+        from_result(|| T::restore(dev, data, QueueFinder(PhantomData)).map(|()| 0))
     }
 }
 
@@ -267,8 +288,13 @@ macro_rules! virtio_device_table {
 
 /// A virtio driver.
 pub trait Driver {
-    /// The driver's per-device data.
-    type Data<'bound>: Send + 'bound;
+    /// The driver's per-device data. Callbacks borrow it concurrently, some in interrupt
+    /// context, hence `Sync`.
+    type Data<'bound>: Send + Sync + 'bound;
+
+    /// The layout of the device's config space (e.g. `bindings::virtio_balloon_config`):
+    /// config accesses must fall inside it.
+    type Config;
 
     /// The devices the driver binds to.
     const ID_TABLE: IdTable;
@@ -277,18 +303,20 @@ pub trait Driver {
     /// are not listed are never negotiated.
     const FEATURES: &'static [u32];
 
-    /// Checks and adjusts the negotiated features before `probe` (may clear features with
-    /// [`Device::clear_feature`]).
-    fn validate(dev: &Device<device::Core<'_>>) -> Result {
-        let _ = dev;
+    /// Checks and adjusts the negotiated features before `probe`.
+    fn validate(features: &Features<'_>) -> Result {
+        let _ = features;
         Ok(())
     }
 
-    /// Sets up the device: config space, queues ([`Device::find_vqs`]). The bus marks the
+    /// Sets up the device and its queues ([`QueueFinder::find_vqs`]). The bus marks the
     /// device ready (DRIVER_OK) after this, then calls [`Driver::ready`].
     fn probe<'bound>(
         dev: &'bound Device<device::Core<'_>>,
-    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound;
+        queues: QueueFinder<Self>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound
+    where
+        Self: Sized;
 
     /// Called once the device is live, after `probe`: queue callbacks may come from now on.
     fn ready<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
@@ -330,8 +358,12 @@ pub trait Driver {
     fn restore<'bound>(
         dev: &'bound Device<device::Core<'_>>,
         this: Pin<&Self::Data<'bound>>,
-    ) -> Result {
-        let _ = (dev, this);
+        queues: QueueFinder<Self>,
+    ) -> Result
+    where
+        Self: Sized,
+    {
+        let _ = (dev, this, queues);
         Ok(())
     }
 }
@@ -394,55 +426,73 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
     }
 }
 
+impl Device<device::BoundInternal> {
+    /// Whether the bus has set drvdata (it does so before the device goes live).
+    fn has_drvdata(&self) -> bool {
+        // SAFETY: By the type invariant `self.as_raw()` is valid.
+        !unsafe { bindings::dev_get_drvdata(addr_of_mut!((*self.as_raw()).dev)) }.is_null()
+    }
+}
+
 impl<'a> Device<device::Core<'a>> {
-    /// Clears feature `bit` from the negotiated set. Only meaningful in [`Driver::validate`].
-    pub fn clear_feature(&self, bit: u32) {
-        // SAFETY: By the type invariant `self.as_raw()` is valid, and the device lock is held.
-        unsafe { bindings::__virtio_clear_bit(self.as_raw(), bit) }
-    }
-
-    /// Reads the little-endian 32-bit config field at byte `offset`. May sleep.
-    pub fn read_config_le32(&self, offset: usize) -> u32 {
-        // SAFETY: The device is bound (Core context), so its config space is accessible.
-        unsafe { bindings::virtio_cread_le32(self.as_raw(), offset as u32) }
-    }
-
-    /// Writes the little-endian 32-bit config field at byte `offset`. May sleep.
-    pub fn write_config_le32(&self, offset: usize, v: u32) {
-        // SAFETY: The device is bound (Core context), so its config space is accessible.
-        unsafe { bindings::virtio_cwrite_le32(self.as_raw(), offset as u32, v) }
-    }
-
     /// Whether the transport can read the config space at all (`config->get`).
     pub fn has_config(&self) -> bool {
         // SAFETY: By the type invariant `self.as_raw()` is valid; `config` is set by the
         // transport before the device is registered.
         unsafe { (*(*self.as_raw()).config).get.is_some() }
     }
+}
 
-    /// Resets the device (`virtio_reset_device`).
-    pub fn reset(&self) {
-        // SAFETY: The device is bound and its driver holds the device lock.
-        unsafe { bindings::virtio_reset_device(self.as_raw()) }
+/// The device's features during [`Driver::validate`]: the only thing it may touch then.
+pub struct Features<'a>(&'a Device<device::Core<'a>>);
+
+impl Features<'_> {
+    /// Whether feature `bit` is negotiated so far.
+    pub fn has(&self, bit: u32) -> bool {
+        self.0.has_feature(bit)
     }
 
+    /// Drops feature `bit` from the negotiated set.
+    pub fn clear(&self, bit: u32) {
+        // SAFETY: By the type invariant the device is valid, and `validate` runs under the
+        // device lock before the features are final.
+        unsafe { bindings::__virtio_clear_bit(self.0.as_raw(), bit) }
+    }
+}
+
+/// Lets driver `T` set up its device's queues; the bus hands it to [`Driver::probe`] and
+/// [`Driver::restore`] only, so queue callbacks always reach `T`'s data.
+pub struct QueueFinder<T: ?Sized>(PhantomData<fn(&T)>);
+
+impl<T: Driver + 'static> QueueFinder<T> {
     /// Sets up the queues named in `queues`, in order. A queue without a name gets no index
     /// on the device and no handle; one with `callback` set calls [`Driver::queue_done`] with
     /// its position in the list.
     ///
     /// Fails with `EBUSY` when the device still has live queues.
-    pub fn find_vqs<T: Driver + 'static>(
+    pub fn find_vqs(
         &self,
+        dev: &Device<device::Core<'_>>,
         queues: &[QueueInfo],
     ) -> Result<(Arc<Transport>, KVec<Option<VqHandle>>)> {
         if queues.len() > MAX_QUEUES {
             return Err(EINVAL);
         }
-        let vdev = self.as_raw();
+        let vdev = dev.as_raw();
         // SAFETY: `vdev` is valid; `priv` belongs to this abstraction while the driver is bound.
         if !unsafe { (*vdev).priv_ }.is_null() {
             return Err(EBUSY);
         }
+        // Everything that can fail is allocated before the queues exist.
+        let mut handles = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
+        let transport = Arc::pin_init(
+            pin_init!(Transport {
+                vdev,
+                config_size: size_of::<T::Config>(),
+                state <- new_mutex!(State { alive: false, queues: [None; MAX_QUEUES] }),
+            }),
+            GFP_KERNEL,
+        )?;
         let mut info = [bindings::virtqueue_info::default(); MAX_QUEUES];
         for (i, q) in queues.iter().enumerate() {
             info[i].name = q.name.map_or(core::ptr::null(), |n| n.as_char_ptr());
@@ -454,7 +504,7 @@ impl<'a> Device<device::Core<'a>> {
         }
         let mut raw = [core::ptr::null_mut(); MAX_QUEUES];
         // SAFETY: `vdev` is valid, the arrays hold `queues.len()` entries, the names are
-        // `'static`, and the callbacks are valid for any queue of a `T` device.
+        // `'static`, and the callbacks are those of `T`, the driver bound to `dev`.
         to_result(unsafe {
             bindings::virtio_find_vqs(
                 vdev,
@@ -464,40 +514,26 @@ impl<'a> Device<device::Core<'a>> {
                 core::ptr::null_mut(),
             )
         })?;
-        let transport = Arc::pin_init(
-            pin_init!(Transport {
-                vdev,
-                state <- new_mutex!(State { alive: true, queues: [None; MAX_QUEUES] }),
-            }),
-            GFP_KERNEL,
-        );
-        let transport = match transport {
-            Ok(t) => t,
-            Err(e) => {
-                // SAFETY: The queues were just created and nothing uses them.
-                unsafe { bindings::virtio_del_vqs(vdev) };
-                return Err(e);
-            }
-        };
-        let mut handles = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
+        transport.state.lock().alive = true;
+        // The bus holds one reference in `priv`, so it can delete the queues at `remove` even if
+        // the driver still holds (or leaks) its own.
+        //
+        // SAFETY: `vdev` is valid; `priv` was NULL (checked above).
+        unsafe { (*vdev).priv_ = transport.clone().into_foreign().cast() };
         for (slot, vq) in raw.iter().take(queues.len()).enumerate() {
             let h = NonNull::new(*vq).map(|vq| VqHandle {
                 vq,
                 slot,
                 transport: transport.clone(),
             });
-            handles.push(h, GFP_KERNEL)?;
+            // Within the capacity reserved above: cannot fail.
+            let _ = handles.push(h, GFP_NOWAIT);
         }
-        // The bus holds one reference in `priv` so it can delete the queues at `remove` even if
-        // the driver still holds (or leaks) its own.
-        let bus_ref = transport.clone().into_foreign();
-        // SAFETY: `vdev` is valid; `priv` was NULL (checked above).
-        unsafe { (*vdev).priv_ = bus_ref.cast() };
         Ok((transport, handles))
     }
 }
 
-/// One queue for [`Device::find_vqs`].
+/// One queue for [`QueueFinder::find_vqs`].
 #[derive(Clone, Copy)]
 pub struct QueueInfo {
     /// The queue's name; `None` skips the slot (the feature behind it was not negotiated).
@@ -506,7 +542,7 @@ pub struct QueueInfo {
     pub callback: bool,
 }
 
-/// A queue returned by [`Device::find_vqs`], to be typed with [`Virtqueue::new`].
+/// A queue returned by [`QueueFinder::find_vqs`], to be typed with [`Virtqueue::new`].
 pub struct VqHandle {
     vq: NonNull<bindings::virtqueue>,
     slot: usize,
@@ -531,6 +567,8 @@ struct State {
 #[pin_data]
 pub struct Transport {
     vdev: *mut bindings::virtio_device,
+    /// Size of the driver's `Config`: accesses must fall inside.
+    config_size: usize,
     #[pin]
     state: Mutex<State>,
 }
@@ -551,23 +589,56 @@ impl Transport {
         Ok(f(self.vdev))
     }
 
-    /// Reads the little-endian 32-bit config field at byte `offset`. May sleep.
+    fn check_config(&self, offset: usize, len: usize) -> Result {
+        if offset % len != 0 || offset + len > self.config_size {
+            return Err(EINVAL);
+        }
+        Ok(())
+    }
+
+    /// Reads the little-endian 32-bit config field at byte `offset` (use `offset_of!` on the
+    /// driver's `Config`). May sleep.
     pub fn read_config_le32(&self, offset: usize) -> Result<u32> {
-        // SAFETY: While alive, the device is bound and its config space is accessible.
+        self.check_config(offset, 4)?;
+        // SAFETY: While alive the device is bound; the field is inside the config space.
         self.with_live(|vdev| unsafe { bindings::virtio_cread_le32(vdev, offset as u32) })
     }
 
     /// Writes the little-endian 32-bit config field at byte `offset`. May sleep.
     pub fn write_config_le32(&self, offset: usize, v: u32) -> Result {
-        // SAFETY: While alive, the device is bound and its config space is accessible.
+        self.check_config(offset, 4)?;
+        // SAFETY: While alive the device is bound; the field is inside the config space.
         self.with_live(|vdev| unsafe { bindings::virtio_cwrite_le32(vdev, offset as u32, v) })
     }
 
     /// Resets the device, frees the buffers still on the queues and deletes the queues. Later
-    /// queue and config operations fail with `ENODEV`. Does nothing the second time.
+    /// queue and config operations fail with `ENODEV`. Afterwards the driver may set up new
+    /// queues (`restore`). Does nothing the second time, or for another device's transport.
     pub fn delete(&self, dev: &Device<device::Core<'_>>) {
-        let _ = dev;
+        if dev.as_raw() != self.vdev {
+            return;
+        }
         self.delete_locked();
+        // SAFETY: `dev` is bound and we hold its device lock (Core); `priv` is NULL or the
+        // bus's reference to this device's transport, which is deleted now.
+        unsafe { Self::release_bus_ref(self.vdev) };
+    }
+
+    /// Drops the bus's reference in `priv`, if any, and returns it.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be valid, and its `priv` either NULL or set by [`QueueFinder::find_vqs`].
+    unsafe fn release_bus_ref(vdev: *mut bindings::virtio_device) -> Option<Arc<Transport>> {
+        // SAFETY: By the safety requirements.
+        let p = unsafe { (*vdev).priv_ };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: By the safety requirements `vdev` is valid.
+        unsafe { (*vdev).priv_ = core::ptr::null_mut() };
+        // SAFETY: `priv` holds the reference `find_vqs` leaked with `into_foreign`.
+        Some(unsafe { Arc::<Transport>::from_foreign(p.cast()) })
     }
 
     fn delete_locked(&self) {
@@ -596,23 +667,15 @@ impl Transport {
     }
 
     /// Deletes the queues of `vdev` if they are still live and drops the bus's reference.
-    /// Returns whether the device had queues, which means it is reset now.
     ///
     /// # Safety
     ///
-    /// `vdev` must be valid, and its `priv` either NULL or set by [`Device::find_vqs`].
-    unsafe fn kill(vdev: *mut bindings::virtio_device) -> bool {
+    /// `vdev` must be valid, and its `priv` either NULL or set by [`QueueFinder::find_vqs`].
+    unsafe fn kill(vdev: *mut bindings::virtio_device) {
         // SAFETY: By the safety requirements.
-        let p = unsafe { (*vdev).priv_ };
-        if p.is_null() {
-            return false;
+        if let Some(t) = unsafe { Self::release_bus_ref(vdev) } {
+            t.delete_locked();
         }
-        // SAFETY: `priv` holds the reference `find_vqs` leaked with `into_foreign`.
-        let t = unsafe { Arc::<Transport>::from_foreign(p.cast()) };
-        // SAFETY: By the safety requirements `vdev` is valid.
-        unsafe { (*vdev).priv_ = core::ptr::null_mut() };
-        t.delete_locked();
-        true
     }
 }
 
@@ -676,9 +739,9 @@ impl<B: Send> Virtqueue<B> {
         // SAFETY: `token` points to `len <= size_of::<B>()` bytes of kmalloc memory, which is
         // linearly mapped as `sg_init_one` requires.
         unsafe { bindings::sg_init_one(&mut sg, token.cast(), len as u32) };
+        // The lock is a mutex, so the (indirect descriptor) allocation may sleep.
         // SAFETY: The queue is live (we hold the lock with `alive`); `sg` describes memory that
         // stays allocated until the token comes back from `get_buf` or `detach_unused_buf`.
-        // The lock is a mutex, so the (indirect descriptor) allocation may sleep.
         let r = unsafe {
             if out {
                 bindings::virtqueue_add_outbuf(
@@ -744,18 +807,6 @@ impl<B: Send> Virtqueue<B> {
         NonNull::new(token).map(|t| (unsafe { KBox::from_raw(t.as_ptr().cast::<B>()) }, len))
     }
 
-    /// A buffer the device has not used yet, taken back. Only sensible on a reset device.
-    pub fn detach_unused(&self) -> Option<KBox<B>> {
-        let state = self.transport.state.lock();
-        if !state.alive {
-            return None;
-        }
-        // SAFETY: The queue is live while `alive`.
-        let token = unsafe { bindings::virtqueue_detach_unused_buf(self.vq.as_ptr()) };
-        // SAFETY: As in `get_buf`.
-        NonNull::new(token).map(|t| unsafe { KBox::from_raw(t.as_ptr().cast::<B>()) })
-    }
-
     /// Number of descriptors in the ring.
     pub fn vring_size(&self) -> u32 {
         let state = self.transport.state.lock();
@@ -818,7 +869,8 @@ unsafe impl crate::sync::aref::AlwaysRefCounted for Device {
 // SAFETY: A `Device` is always reference-counted and can be released from any thread.
 unsafe impl Send for Device {}
 
-// SAFETY: All methods of `Device<Normal>` only read feature bits, which are fixed while bound.
+// SAFETY: `Device<Normal>` methods only read feature bits. The core writes them only while no
+// driver is bound (probe, restore), when a driver's references are not in use.
 unsafe impl Sync for Device {}
 
 // SAFETY: Same as `Device<Normal>`; `Bound` is a zero-sized type-state marker.
