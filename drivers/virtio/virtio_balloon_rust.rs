@@ -86,6 +86,8 @@ struct Inner {
 #[pin_data]
 struct HostLink {
     dev: ARef<virtio::Device>,
+    /// Byte order of the queue payloads, fixed while bound.
+    order: virtio::ByteOrder,
     transport: Arc<Transport>,
     inflate_vq: Virtqueue<PfnBuf>,
     deflate_vq: Virtqueue<PfnBuf>,
@@ -181,7 +183,7 @@ impl HostLink {
     fn put_pfns(&self, buf: &mut PfnBuf, mut n: usize, pfn: usize) -> usize {
         let first = (pfn as u32).wrapping_mul(PAGES_PER_PAGE);
         for i in 0..PAGES_PER_PAGE {
-            buf[n] = self.dev.cpu_to_virtio32(first.wrapping_add(i));
+            buf[n] = self.order.u32(first.wrapping_add(i));
             n += 1;
         }
         n
@@ -266,6 +268,7 @@ impl Balloon {
                     adjust_managed,
                     pin_init!(HostLink {
                         dev: dev.into(),
+                        order: dev.byte_order(),
                         transport,
                         inflate_vq,
                         deflate_vq,
@@ -455,8 +458,9 @@ impl Balloon {
     fn update_stats(&self, buf: &mut StatsBuf) -> usize {
         let mut n = 0;
         let mut put = |tag: u32, val: u64| {
-            let tag = self.link().dev.cpu_to_virtio16(tag as u16);
-            let val = self.link().dev.cpu_to_virtio64(val);
+            let order = self.link().order;
+            let tag = order.u16(tag as u16);
+            let val = order.u64(val);
             buf[n..n + 2].copy_from_slice(&tag.to_ne_bytes());
             buf[n + 2..n + STAT_SIZE].copy_from_slice(&val.to_ne_bytes());
             n += STAT_SIZE;

@@ -398,27 +398,44 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
         unsafe { bindings::virtio_is_little_endian(self.as_raw()) }
     }
 
-    /// `v` in the device's virtqueue byte order (`cpu_to_virtio32`).
-    pub fn cpu_to_virtio32(&self, v: u32) -> u32 {
-        if self.is_little_endian() {
+    /// The byte order of the device's virtqueue payloads. It is fixed once features are
+    /// negotiated, so drivers may keep it for their hot paths.
+    pub fn byte_order(&self) -> ByteOrder {
+        ByteOrder {
+            little: self.is_little_endian(),
+        }
+    }
+}
+
+/// The byte order of a device's virtqueue payloads: little-endian with VERSION_1 (or a legacy
+/// device on a little-endian guest), guest-native otherwise.
+#[derive(Clone, Copy)]
+pub struct ByteOrder {
+    little: bool,
+}
+
+impl ByteOrder {
+    /// `v` in the device's byte order (`cpu_to_virtio16`).
+    pub fn u16(self, v: u16) -> u16 {
+        if self.little {
             v.to_le()
         } else {
             v
         }
     }
 
-    /// `v` in the device's virtqueue byte order (`cpu_to_virtio16`).
-    pub fn cpu_to_virtio16(&self, v: u16) -> u16 {
-        if self.is_little_endian() {
+    /// `v` in the device's byte order (`cpu_to_virtio32`).
+    pub fn u32(self, v: u32) -> u32 {
+        if self.little {
             v.to_le()
         } else {
             v
         }
     }
 
-    /// `v` in the device's virtqueue byte order (`cpu_to_virtio64`).
-    pub fn cpu_to_virtio64(&self, v: u64) -> u64 {
-        if self.is_little_endian() {
+    /// `v` in the device's byte order (`cpu_to_virtio64`).
+    pub fn u64(self, v: u64) -> u64 {
+        if self.little {
             v.to_le()
         } else {
             v
