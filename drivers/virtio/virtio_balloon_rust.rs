@@ -74,7 +74,8 @@ kernel::virtio_device_table!(
 struct Inner {
     /// Balloon size in 4 KiB balloon pages, as reported in `actual`.
     num_pages: u32,
-    /// The PFN buffer, when it is not on a queue.
+    /// The PFN message buffer. `None` only while it is on a queue inside
+    /// [`HostLink::send`], which always puts it back.
     pfns: Option<KBox<PfnBuf>>,
     /// Pages being deflated, held until the host was told (room for one message).
     leaking: KVec<BalloonPage>,
@@ -150,24 +151,14 @@ impl balloon::Migrate for HostLink {
     fn migrate(&self, new_pfn: usize, old_pfn: usize) -> Result {
         // Compaction must not wait behind a long inflate or deflate.
         let mut inner = self.balloon_lock.try_lock().ok_or(EAGAIN)?;
-        let mut buf = inner.pfns.take().ok_or(EAGAIN)?;
-        let n = self.put_pfns(&mut buf, 0, new_pfn);
-        let sent = self.tell_host(&self.inflate_vq, buf, n);
-        let told = sent.is_ok();
-        buf = sent.unwrap_or_else(|b| b);
-        if told {
-            let n = self.put_pfns(&mut buf, 0, old_pfn);
-            buf = self
-                .tell_host(&self.deflate_vq, buf, n)
-                .unwrap_or_else(|b| b);
+        let n = self.put_pfns(&mut inner.pfns, 0, new_pfn);
+        // If the host never heard of the new page, the old one stays in the balloon.
+        if !self.send(&self.inflate_vq, &mut inner.pfns, n) {
+            return Err(EAGAIN);
         }
-        inner.pfns = Some(buf);
-        // The host never heard of the new page: keep the old one in the balloon.
-        if told {
-            Ok(())
-        } else {
-            Err(EAGAIN)
-        }
+        let n = self.put_pfns(&mut inner.pfns, 0, old_pfn);
+        self.send(&self.deflate_vq, &mut inner.pfns, n);
+        Ok(())
     }
 }
 
@@ -180,7 +171,10 @@ impl HostLink {
     /// Writes the 4 KiB frame numbers of the guest page at `pfn` into `buf` from index `n`, in
     /// the device's byte order; returns the next index. Frame numbers are 32 bits on the
     /// wire and wrap as in the C driver.
-    fn put_pfns(&self, buf: &mut PfnBuf, mut n: usize, pfn: usize) -> usize {
+    fn put_pfns(&self, pfns: &mut Option<KBox<PfnBuf>>, mut n: usize, pfn: usize) -> usize {
+        let Some(buf) = pfns.as_mut() else {
+            return n;
+        };
         let first = (pfn as u32).wrapping_mul(PAGES_PER_PAGE);
         for i in 0..PAGES_PER_PAGE {
             buf[n] = self.order.u32(first.wrapping_add(i));
@@ -189,24 +183,24 @@ impl HostLink {
         n
     }
 
-    /// Sends the first `n` PFNs of `buf` and waits until the host has used them. Returns the
-    /// buffer, as `Err` if it could not be sent. The caller holds `balloon_lock`, as in the C
-    /// driver.
-    fn tell_host(
-        &self,
-        vq: &Virtqueue<PfnBuf>,
-        buf: KBox<PfnBuf>,
-        n: usize,
-    ) -> Result<KBox<PfnBuf>, KBox<PfnBuf>> {
+    /// Sends the first `n` PFNs of the message buffer on `vq` and waits until the host has
+    /// used them; the buffer is back in `pfns` afterwards. Returns whether the host was told.
+    /// The caller holds `balloon_lock` throughout, as in the C driver.
+    fn send(&self, vq: &Virtqueue<PfnBuf>, pfns: &mut Option<KBox<PfnBuf>>, n: usize) -> bool {
+        let Some(buf) = pfns.take() else {
+            return false;
+        };
         if let Err(virtio::AddError(e, buf)) = vq.add_outbuf(buf, n * size_of::<u32>()) {
             dev_warn!(self.dev(), "cannot queue {} page frames: {:?}\n", n, e);
-            return Err(buf);
+            *pfns = Some(buf);
+            return false;
         }
         vq.kick();
         loop {
             let seen = *self.acked.lock();
             if let Some((buf, _)) = vq.get_buf() {
-                return Ok(buf);
+                *pfns = Some(buf);
+                return true;
             }
             let mut acked = self.acked.lock();
             while *acked == seen {
@@ -403,52 +397,40 @@ impl Balloon {
             got += PAGES_PER_PAGE;
         }
 
-        let mut inner = self.link().balloon_lock.lock();
-        let Some(mut buf) = inner.pfns.take() else {
-            return 0;
-        };
+        let link = self.link();
+        let mut inner = link.balloon_lock.lock();
         let mut n = 0;
         for page in new_pages.drain_all() {
-            n = self.link().put_pfns(&mut buf, n, self.pages.enqueue(page));
+            n = link.put_pfns(&mut inner.pfns, n, self.pages.enqueue(page));
             inner.num_pages += PAGES_PER_PAGE;
         }
         // The pages are in the balloon before the host hears of them, so they cannot be
         // deflated before it acknowledged the inflate: deflate takes this lock too.
         if n > 0 {
-            buf = self
-                .link()
-                .tell_host(&self.link().inflate_vq, buf, n)
-                .unwrap_or_else(|b| b);
+            link.send(&link.inflate_vq, &mut inner.pfns, n);
         }
-        inner.pfns = Some(buf);
         n as u32
     }
 
     /// Deflates by up to `num` 4 KiB pages (at most one message); returns how many.
     fn leak(&self, num: u64) -> u32 {
-        let mut inner = self.link().balloon_lock.lock();
+        let link = self.link();
+        let mut inner = link.balloon_lock.lock();
         let num = min(min(num, ARRAY_PFNS_MAX as u64), u64::from(inner.num_pages)) as u32;
-        let Some(mut buf) = inner.pfns.take() else {
-            return 0;
-        };
         let mut n = 0;
         while (n as u32) < num {
             let Some(page) = self.pages.dequeue() else {
                 break;
             };
-            n = self.link().put_pfns(&mut buf, n, page.pfn());
+            n = link.put_pfns(&mut inner.pfns, n, page.pfn());
             // Capacity for a whole message was reserved at probe: this cannot fail.
             let _ = inner.leaking.push(page, GFP_NOWAIT);
             inner.num_pages -= PAGES_PER_PAGE;
         }
         // Tell the host before the pages go back to the guest's allocator (MUST_TELL_HOST).
         if n > 0 {
-            buf = self
-                .link()
-                .tell_host(&self.link().deflate_vq, buf, n)
-                .unwrap_or_else(|b| b);
+            link.send(&link.deflate_vq, &mut inner.pfns, n);
         }
-        inner.pfns = Some(buf);
         inner.leaking.clear();
         n as u32
     }

@@ -42,7 +42,7 @@ use crate::{
     driver,
     error::{from_result, to_result},
     prelude::*,
-    sync::{aref::ARef, new_mutex, Arc, Mutex},
+    sync::{new_mutex, Arc, Mutex},
     transmute::{AsBytes, FromBytes},
     types::{ForeignOwnable, Opaque},
     ThisModule,
@@ -892,6 +892,3 @@ unsafe impl Sync for Device {}
 
 // SAFETY: Same as `Device<Normal>`; `Bound` is a zero-sized type-state marker.
 unsafe impl Sync for Device<device::Bound> {}
-
-/// Owned reference to a virtio device.
-pub type DeviceRef = ARef<Device>;

@@ -3,7 +3,7 @@
 
 use qapi::{qmp, Qmp, Stream};
 use serde_json::Value;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,8 @@ type Conn = Qmp<Stream<BufReader<UnixStream>, UnixStream>>;
 
 pub struct Monitor {
     qmp: Conn,
-    /// Every QMP event seen, as (event name, data), oldest first.
-    pub events: Vec<(String, Value)>,
+    /// Where QMP events (BALLOON_CHANGE, RESET, SHUTDOWN, ...) go, one JSON line each.
+    events: std::fs::File,
 }
 
 fn err(e: impl std::fmt::Display) -> io::Error {
@@ -23,27 +23,19 @@ fn err(e: impl std::fmt::Display) -> io::Error {
 }
 
 impl Monitor {
-    pub fn new(sock: UnixStream) -> io::Result<Self> {
+    /// Speaks QMP on `sock`; events seen along the way are appended to `events`.
+    pub fn new(sock: UnixStream, events: std::fs::File) -> io::Result<Self> {
         let reader = BufReader::new(sock.try_clone()?);
         let mut qmp = Qmp::new(Stream::new(reader, sock));
         qmp.handshake().map_err(err)?;
-        Ok(Monitor {
-            qmp,
-            events: Vec::new(),
-        })
+        Ok(Monitor { qmp, events })
     }
 
     fn run<C: qapi::Command>(&mut self, cmd: &C) -> io::Result<C::Ok> {
         let r = self.qmp.execute(cmd).map_err(err);
         for ev in self.qmp.events() {
             let v = serde_json::to_value(&ev).unwrap_or(Value::Null);
-            let name = v
-                .get("event")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string();
-            self.events
-                .push((name, v.get("data").cloned().unwrap_or(Value::Null)));
+            let _ = writeln!(self.events, "{v}");
         }
         r
     }

@@ -198,7 +198,8 @@ impl Vm {
                 return Err(io::Error::other(format!("QEMU did not start: {e}\n{why}")));
             }
         };
-        let qmp = Monitor::new(connect_retry(&cfg.dir.join("qmp.sock"), deadline)?)?;
+        let events = File::create(cfg.dir.join(format!("{}.qmp-events.log", cfg.log_name)))?;
+        let qmp = Monitor::new(connect_retry(&cfg.dir.join("qmp.sock"), deadline)?, events)?;
         let qmp = Arc::new(Mutex::new(qmp));
         let ctl = connect_retry(&cfg.dir.join("ctl.sock"), deadline)?;
         agent::spawn(

@@ -432,6 +432,28 @@ TEST_F_TIMEOUT(balloon, rebind_and_reload_return_every_page, 600)
 	EXPECT_STREQ(driver_name(), drv);
 }
 
+/*
+ * A live migration (to a sink; the VM resumes here) keeps the balloon: the
+ * host's actual, the guest's accounting, and a driver that still answers.
+ */
+TEST_F_TIMEOUT(balloon, balloon_survives_migration, 300)
+{
+	long long total0, sent;
+
+	refresh_counters();
+	total0 = proc_meminfo("MemTotal");
+	ASSERT_EQ(0, balloon_to(_metadata, &self->b, STEP));
+	sent = host_num(self->b.host, self->b.why, sizeof(self->b.why), "migrate");
+	ASSERT_LT(0, sent) TH_LOG("host 'migrate': %s", self->b.why);
+	TH_LOG("migration sent %lld MiB", sent / MIB);
+
+	EXPECT_EQ(self->b.ram - STEP,
+		  host_num(self->b.host, self->b.why, sizeof(self->b.why), "actual"));
+	expect_balloon(_metadata, &self->b, STEP, total0);
+	ASSERT_EQ(0, balloon_to(_metadata, &self->b, 0));
+	expect_balloon(_metadata, &self->b, 0, total0);
+}
+
 /* With a polling interval of 2 s, the host gets a fresh update every 2 s. */
 TEST_F_TIMEOUT(balloon, stats_follow_polling_interval, 120)
 {
