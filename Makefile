@@ -30,7 +30,7 @@ HARNESS := $(CACHE)/cargo/release/balloon-vmtest
 FRAGMENTS := kernel/configs/virtio_balloon_guest.config kernel/configs/virtio_balloon_debug.config
 RELEASE := $(CACHE)/build/release
 RELEASE_INITRD := $(CACHE)/initramfs-release.cpio.gz
-MODULES := $(BUILD)/drivers/virtio/virtio_balloon.ko $(BUILD)/drivers/virtio/virtio_balloon_rust.ko
+MODULES := $(BUILD)/drivers/virtio/virtio_balloon.ko $(BUILD)/drivers/virtio/virtio_balloon_rust/virtio_balloon_rust.ko
 VMARGS  := --kernel $(BUILD)/arch/x86/boot/bzImage --initrd $(INITRD) \
 	   --accel $(ACCEL) --mem $(MEM) --log-dir $(LOGS)
 CARGO   := CARGO_TARGET_DIR=$(CACHE)/cargo cargo
@@ -79,7 +79,7 @@ release-kernel: tree
 
 bench: release-kernel harness
 	@scripts/mkinitramfs.sh $(RELEASE_INITRD) $(HARNESS_DIR)/guest/init - \
-		$(RELEASE)/drivers/virtio/virtio_balloon.ko $(RELEASE)/drivers/virtio/virtio_balloon_rust.ko
+		$(RELEASE)/drivers/virtio/virtio_balloon.ko $(RELEASE)/drivers/virtio/virtio_balloon_rust/virtio_balloon_rust.ko
 	@$(HARNESS) bench --kernel $(RELEASE)/arch/x86/boot/bzImage --initrd $(RELEASE_INITRD) \
 		--accel $(ACCEL) --mem 2048 --log-dir $(LOGS) $(addprefix --driver ,$(DRIVERS))
 

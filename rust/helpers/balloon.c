@@ -19,6 +19,11 @@ __rust_helper unsigned long rust_helper_page_to_pfn(const struct page *page)
 	return page_to_pfn(page);
 }
 
+__rust_helper void *rust_helper_page_address(const struct page *page)
+{
+	return page_address(page);
+}
+
 __rust_helper unsigned long rust_helper_global_node_page_state(enum node_stat_item item)
 {
 	return global_node_page_state(item);

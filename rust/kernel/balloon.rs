@@ -14,7 +14,7 @@
 //! another frame (compaction); it then calls [`Migrate::migrate`] on the
 //! migrator the [`BalloonPages`] owns, which tells the host.
 
-use crate::{bindings, container_of, prelude::*, types::Opaque};
+use crate::{bindings, container_of, ffi::c_void, prelude::*, types::Opaque};
 use core::{
     ptr::NonNull,
     sync::atomic::{AtomicUsize, Ordering},
@@ -198,11 +198,68 @@ impl<M: Migrate> PinnedDrop for BalloonPages<M> {
     }
 }
 
+/// Order of a free page hint block: `MAX_PAGE_ORDER`, the largest block the buddy allocator
+/// hands out (4 MiB on x86 with 4 KiB pages).
+pub const HINT_BLOCK_ORDER: u32 = bindings::MAX_PAGE_ORDER;
+
+/// A block of `2^HINT_BLOCK_ORDER` free pages, taken from the allocator so that a host can be
+/// told it is free (free page hinting). Dropping it gives it back.
+///
+/// The block's memory is never exposed to Rust code as data: a hinted block holds nothing, and
+/// the driver must treat its contents as undefined when it gets it back.
+pub struct HintBlock(NonNull<bindings::page>);
+
+// SAFETY: The block is owned by this value; freeing it may happen on any thread.
+unsafe impl Send for HintBlock {}
+
+impl HintBlock {
+    /// Pages in a block.
+    pub const PAGES: usize = 1 << HINT_BLOCK_ORDER;
+    /// Bytes in a block.
+    pub const BYTES: usize = crate::page::PAGE_SIZE << HINT_BLOCK_ORDER;
+
+    /// Takes a free block if one is free right now: no reclaim, no retry, no warning, and no
+    /// emergency reserves (the C driver's `VIRTIO_BALLOON_FREE_PAGE_ALLOC_FLAG`). Hinting must
+    /// never push the guest into reclaim.
+    pub fn alloc() -> Option<Self> {
+        let gfp = bindings::__GFP_NORETRY | bindings::__GFP_NOWARN | bindings::__GFP_NOMEMALLOC;
+        // SAFETY: FFI call without preconditions.
+        NonNull::new(unsafe { bindings::alloc_pages(gfp, HINT_BLOCK_ORDER) }).map(Self)
+    }
+
+    /// The block's kernel virtual address, for a device descriptor.
+    pub(crate) fn addr(&self) -> *mut c_void {
+        // SAFETY: The block is allocated and not highmem (no `__GFP_HIGHMEM`).
+        unsafe { bindings::page_address(self.0.as_ptr()) }
+    }
+}
+
+impl Drop for HintBlock {
+    fn drop(&mut self) {
+        // SAFETY: We own the block, allocated with this order.
+        unsafe { bindings::__free_pages(self.0.as_ptr(), HINT_BLOCK_ORDER) };
+    }
+}
+
 /// Whether free pages have defined contents (poisoned, or zeroed by `init_on_free`): a device
 /// that reports free pages to the host must then preserve them.
 pub fn free_pages_have_contents() -> bool {
     // SAFETY: FFI calls without preconditions.
     unsafe { bindings::want_init_on_free() || bindings::page_poisoning_enabled_static() }
+}
+
+/// The value a device that preserves free page contents must see in freed pages: 0 with
+/// `init_on_free`, the `PAGE_POISON` pattern with page poisoning, `None` when free pages have
+/// no defined contents (see [`free_pages_have_contents`]).
+pub fn poison_value() -> Option<u32> {
+    // SAFETY: FFI calls without preconditions.
+    if unsafe { bindings::want_init_on_free() } {
+        Some(0)
+    } else if unsafe { bindings::page_poisoning_enabled_static() } {
+        Some(u32::from_ne_bytes([bindings::PAGE_POISON as u8; 4]))
+    } else {
+        None
+    }
 }
 
 #[cfg(CONFIG_RUST_BALLOON_KUNIT_TEST)]

@@ -24,8 +24,13 @@
 //! owned `KBox<B>`s: a buffer is handed to the device by `add_*buf` and comes
 //! back from [`Virtqueue::get_buf`] or, when the queues are deleted (which detaches the
 //! unused ones), is freed.
-//! So the device never sees memory the driver still uses, and no buffer leaks. Config space
-//! accesses are bounds-checked against [`Driver::Config`].
+//! So the device never sees memory the driver still uses, and no buffer leaks. A [`PageQueue`]
+//! carries pages by address instead: free page hints, which the driver keeps, and reported
+//! free pages, which it borrows only until the device has used them.
+//!
+//! Config space accesses name a [`ConfigField`]: they must fall inside [`Driver::Config`], and
+//! a field that exists only with a feature is not touched unless that feature was negotiated
+//! (transports BUG() on accesses past the config space the device exposes).
 //!
 //! Every queue operation and every config-space access through the
 //! [`Transport`] takes the transport's lock and fails with `ENODEV` once the
@@ -42,7 +47,8 @@ use crate::{
     driver,
     error::{from_result, to_result},
     prelude::*,
-    sync::{new_mutex, Arc, Mutex},
+    sync::{new_condvar, new_mutex, new_spinlock_irq, Arc, CondVar, Mutex, SpinLockIrq},
+    time::{Delta, Instant, Monotonic},
     transmute::{AsBytes, FromBytes},
     types::{ForeignOwnable, Opaque},
     ThisModule,
@@ -130,13 +136,25 @@ impl<T: Driver + 'static> Adapter<T> {
             unsafe { bindings::virtio_device_ready(vdev) };
             // SAFETY: drvdata was set just above with `T::Data`.
             let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
-            T::ready(dev, data);
+            if let Err(e) = T::ready(dev, data) {
+                // The device is live: tear it down as `remove` would. The core drops drvdata
+                // when probe fails.
+                T::unbind(dev, data);
+                return Err(e);
+            }
             Ok(0)
         });
         if r != 0 {
-            // A failed probe leaves no queues behind.
+            // A failed probe leaves no queues behind, and a reset device.
             // SAFETY: `vdev` is valid and nothing of the driver runs any more.
             unsafe { Transport::kill(vdev) };
+            // SAFETY: As above.
+            if unsafe { bindings::virtio_get_status(vdev) } & bindings::VIRTIO_CONFIG_S_DRIVER_OK as u8
+                != 0
+            {
+                // SAFETY: As above.
+                unsafe { bindings::virtio_reset_device(vdev) };
+            }
         }
         r
     }
@@ -176,6 +194,14 @@ impl<T: Driver + 'static> Adapter<T> {
     extern "C" fn queue_callback<const SLOT: usize>(vq: *mut bindings::virtqueue) {
         // SAFETY: `vring_interrupt` passes a valid queue of a live device.
         let vdev = unsafe { (*vq).vdev };
+        // SAFETY: `priv` is NULL or the bus's reference to the transport of these queues, set
+        // before the device went live and dropped only after the queues are reset (which
+        // waits for running callbacks): the transport outlives this call.
+        let t = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*vdev).priv_)) };
+        if !t.is_null() {
+            // SAFETY: As above.
+            unsafe { &*t.cast::<Transport>() }.signal_used();
+        }
         // SAFETY: Queue callbacks run only after DRIVER_OK, which the bus sets after drvdata, and
         // stop when the queues are deleted or the device is reset, before drvdata goes away.
         let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
@@ -319,8 +345,10 @@ pub trait Driver {
         Self: Sized;
 
     /// Called once the device is live, after `probe`: queue callbacks may come from now on.
-    fn ready<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+    /// An error fails the probe: the bus then calls [`Driver::unbind`] and resets the device.
+    fn ready<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) -> Result {
         let _ = (dev, this);
+        Ok(())
     }
 
     /// Tears the device down. When it returns, the bus deletes the queues (if the driver did
@@ -507,6 +535,8 @@ impl<T: Driver + 'static> QueueFinder<T> {
                 vdev,
                 config_size: size_of::<T::Config>(),
                 state <- new_mutex!(State { alive: false, queues: [None; MAX_QUEUES] }),
+                used <- new_spinlock_irq!(0),
+                used_cv <- new_condvar!(),
             }),
             GFP_KERNEL,
         )?;
@@ -550,6 +580,27 @@ impl<T: Driver + 'static> QueueFinder<T> {
     }
 }
 
+/// A field of a device's config space, for [`Transport::read_config_le32`] and
+/// [`Transport::write_config_le32`].
+#[derive(Clone, Copy)]
+pub struct ConfigField {
+    offset: usize,
+    len: usize,
+    feature: Option<u32>,
+}
+
+impl ConfigField {
+    /// A 32-bit field at byte `offset` of the driver's `Config` (use `offset_of!`), present
+    /// only when `feature` is negotiated (`None`: always present).
+    pub const fn le32(offset: usize, feature: Option<u32>) -> Self {
+        Self {
+            offset,
+            len: 4,
+            feature,
+        }
+    }
+}
+
 /// One queue for [`QueueFinder::find_vqs`].
 #[derive(Clone, Copy)]
 pub struct QueueInfo {
@@ -588,6 +639,11 @@ pub struct Transport {
     config_size: usize,
     #[pin]
     state: Mutex<State>,
+    /// Counts queue interrupts (hard interrupt context), for [`PageQueue`] waiters.
+    #[pin]
+    used: SpinLockIrq<u64>,
+    #[pin]
+    used_cv: CondVar,
 }
 
 // SAFETY: The device pointer is only used under `state`'s lock while `alive`, i.e. while the
@@ -606,26 +662,62 @@ impl Transport {
         Ok(f(self.vdev))
     }
 
-    fn check_config(&self, offset: usize, len: usize) -> Result {
-        if offset % len != 0 || offset + len > self.config_size {
+    /// Checks that `field` lies inside the driver's `Config` and, for a field that exists only
+    /// with a feature, that the feature was negotiated: only then does the device expose it.
+    fn check_config(&self, vdev: *mut bindings::virtio_device, field: ConfigField) -> Result<u32> {
+        let end = field.offset.checked_add(field.len).ok_or(EINVAL)?;
+        if field.len == 0 || field.offset % field.len != 0 || end > self.config_size {
             return Err(EINVAL);
         }
-        Ok(())
+        if let Some(bit) = field.feature {
+            // SAFETY: `vdev` is valid while the transport is alive (the caller holds the lock).
+            if !unsafe { bindings::__virtio_test_bit(vdev, bit) } {
+                return Err(EINVAL);
+            }
+        }
+        u32::try_from(field.offset).map_err(|_| EINVAL)
     }
 
-    /// Reads the little-endian 32-bit config field at byte `offset` (use `offset_of!` on the
-    /// driver's `Config`). May sleep.
-    pub fn read_config_le32(&self, offset: usize) -> Result<u32> {
-        self.check_config(offset, 4)?;
-        // SAFETY: While alive the device is bound; the field is inside the config space.
-        self.with_live(|vdev| unsafe { bindings::virtio_cread_le32(vdev, offset as u32) })
+    /// Reads the little-endian 32-bit config field `field`. May sleep.
+    pub fn read_config_le32(&self, field: ConfigField) -> Result<u32> {
+        if field.len != 4 {
+            return Err(EINVAL);
+        }
+        self.with_live(|vdev| {
+            let offset = self.check_config(vdev, field)?;
+            // SAFETY: While alive the device is bound; the field is inside the config space the
+            // device exposes (checked above).
+            Ok(unsafe { bindings::virtio_cread_le32(vdev, offset) })
+        })?
     }
 
-    /// Writes the little-endian 32-bit config field at byte `offset`. May sleep.
-    pub fn write_config_le32(&self, offset: usize, v: u32) -> Result {
-        self.check_config(offset, 4)?;
-        // SAFETY: While alive the device is bound; the field is inside the config space.
-        self.with_live(|vdev| unsafe { bindings::virtio_cwrite_le32(vdev, offset as u32, v) })
+    /// Writes the little-endian 32-bit config field `field`. May sleep.
+    pub fn write_config_le32(&self, field: ConfigField, v: u32) -> Result {
+        if field.len != 4 {
+            return Err(EINVAL);
+        }
+        self.with_live(|vdev| {
+            let offset = self.check_config(vdev, field)?;
+            // SAFETY: As in `read_config_le32`.
+            unsafe { bindings::virtio_cwrite_le32(vdev, offset, v) };
+            Ok(())
+        })?
+    }
+
+    /// A queue of this device used buffers (hard interrupt context).
+    fn signal_used(&self) {
+        *self.used.lock() += 1;
+        self.used_cv.notify_all();
+    }
+
+    /// Waits until a queue used a buffer after `seen` was read from `used`, or `timeout`
+    /// passed.
+    fn wait_used(&self, seen: u64, timeout: Delta) {
+        let mut used = self.used.lock();
+        if *used == seen {
+            let jiffies = crate::time::msecs_to_jiffies(timeout.as_millis() as u32);
+            let _ = self.used_cv.wait_interruptible_timeout(&mut used, jiffies);
+        }
     }
 
     /// Resets the device, frees the buffers still on the queues and deletes the queues. Later
@@ -803,6 +895,11 @@ impl<B: Send> Virtqueue<B> {
         self.add(buf, len, false)
     }
 
+    /// Whether the queue is still live (not deleted).
+    pub fn is_live(&self) -> bool {
+        self.transport.state.lock().alive
+    }
+
     /// Notifies the device of new buffers. Returns false if the device is broken or gone.
     pub fn kick(&self) -> bool {
         let state = self.transport.state.lock();
@@ -842,6 +939,225 @@ impl<B: Send> Virtqueue<B> {
         }
         // SAFETY: The queue is live while `alive`; `num_free` is a plain field.
         unsafe { (*self.vq.as_ptr()).num_free }
+    }
+}
+
+/// Token of every hint buffer on a [`PageQueue`]. Never dereferenced.
+static HINT_TOKEN: u8 = 0;
+/// Token of every report buffer on a [`PageQueue`]. Never dereferenced.
+static REPORT_TOKEN: u8 = 0;
+
+fn hint_token() -> *mut c_void {
+    core::ptr::addr_of!(HINT_TOKEN).cast_mut().cast()
+}
+
+fn report_token() -> *mut c_void {
+    core::ptr::addr_of!(REPORT_TOKEN).cast_mut().cast()
+}
+
+/// Frees a token of a [`PageQueue`]: a command id buffer (`KBox<u32>`), or nothing for page
+/// buffers.
+///
+/// # Safety
+///
+/// `token` must be a hint or report token, or come from `KBox::<u32>::into_raw` and not be used
+/// again.
+unsafe fn free_page_queue_token(token: *mut c_void) {
+    if token != hint_token() && token != report_token() {
+        // SAFETY: By the safety requirements it is a command id buffer.
+        drop(unsafe { KBox::from_raw(token.cast::<u32>()) });
+    }
+}
+
+/// How long [`PageQueue::report`] waits before it calls its `stalled` callback (and again after
+/// each further such interval).
+pub const REPORT_STALL: Delta = Delta::from_secs(10);
+
+/// A virtqueue that carries pages by address: free page hints and reported free pages, plus
+/// the 32-bit command ids of the hinting protocol.
+///
+/// - A hint ([`PageQueue::add_hint`]) tells the device about a [`HintBlock`] the driver keeps.
+///   The device only learns the range: by the virtio spec it neither reads nor writes hinted
+///   pages, so the driver may free a block even while its descriptor is still on the ring (the
+///   hinting protocol relies on that). Used hint buffers carry nothing back.
+/// - A report ([`PageQueue::report`]) lends the device free pages the page allocator isolated
+///   for the call, and returns only once the device gave them back or is reset.
+///
+/// Operations take the [`Transport`] lock and may sleep.
+///
+/// [`HintBlock`]: crate::balloon::HintBlock
+pub struct PageQueue {
+    vq: NonNull<bindings::virtqueue>,
+    transport: Arc<Transport>,
+}
+
+// SAFETY: All access to the queue goes through the transport's mutex.
+unsafe impl Send for PageQueue {}
+// SAFETY: As above.
+unsafe impl Sync for PageQueue {}
+
+impl PageQueue {
+    /// Types the queue of `handle` for pages and command ids.
+    pub fn new(handle: VqHandle) -> Result<Self> {
+        let mut state = handle.transport.state.lock();
+        if !state.alive {
+            return Err(ENODEV);
+        }
+        state.queues[handle.slot] = Some(QueueEntry {
+            vq: handle.vq,
+            free: free_page_queue_token,
+        });
+        drop(state);
+        Ok(Self {
+            vq: handle.vq,
+            transport: handle.transport,
+        })
+    }
+
+    /// Runs `f` on the live queue, under the transport lock; `ENODEV` once deleted.
+    fn with_live<R>(&self, f: impl FnOnce(*mut bindings::virtqueue) -> R) -> Result<R> {
+        let state = self.transport.state.lock();
+        if !state.alive {
+            return Err(ENODEV);
+        }
+        Ok(f(self.vq.as_ptr()))
+    }
+
+    /// Takes every used buffer off the ring, freeing command id buffers; returns how many
+    /// report buffers were among them.
+    fn drain_locked(vq: *mut bindings::virtqueue) -> usize {
+        let mut reports = 0;
+        loop {
+            let mut len = 0u32;
+            // SAFETY: The caller holds the transport lock with the queue alive.
+            let token = unsafe { bindings::virtqueue_get_buf(vq, &mut len) };
+            if token.is_null() {
+                return reports;
+            }
+            if token == report_token() {
+                reports += 1;
+            }
+            // SAFETY: Every token on this queue is a hint or report token or a command id box.
+            unsafe { free_page_queue_token(token) };
+        }
+    }
+
+    /// Takes the buffers the device is done with off the ring. Returns how many report buffers
+    /// came back (0 when the queue is gone).
+    pub fn drain(&self) -> usize {
+        self.with_live(Self::drain_locked).unwrap_or(0)
+    }
+
+    /// Gives the device a 32-bit command id to read (`id` already in the device's byte order).
+    pub fn add_cmd_id(&self, id: u32) -> Result {
+        let buf = KBox::new(id, GFP_KERNEL)?;
+        self.with_live(|vq| {
+            let token = KBox::into_raw(buf);
+            let mut sg = bindings::scatterlist::default();
+            // SAFETY: `token` points to 4 bytes of kmalloc memory, linearly mapped.
+            unsafe { bindings::sg_init_one(&mut sg, token.cast(), size_of::<u32>() as u32) };
+            // SAFETY: The queue is live; the buffer stays allocated until its token comes back
+            // from the ring (drain, or detach when the queue is deleted).
+            let r = unsafe {
+                bindings::virtqueue_add_outbuf(vq, &mut sg, 1, token.cast(), bindings::GFP_KERNEL)
+            };
+            if r < 0 {
+                // SAFETY: The device did not take the buffer; it is ours again.
+                drop(unsafe { KBox::from_raw(token) });
+            }
+            to_result(r)
+        })?
+    }
+
+    /// Tells the device that `block` is free (a device-writable buffer, as the hinting protocol
+    /// has it). See the type documentation for why the block may be freed at any time.
+    #[cfg(CONFIG_BALLOON)]
+    pub fn add_hint(&self, block: &crate::balloon::HintBlock) -> Result {
+        self.with_live(|vq| {
+            let mut sg = bindings::scatterlist::default();
+            // SAFETY: The block is `HintBlock::BYTES` of linearly mapped memory.
+            unsafe { bindings::sg_init_one(&mut sg, block.addr(), crate::balloon::HintBlock::BYTES as u32) };
+            // SAFETY: The queue is live. The token is never dereferenced; the device only
+            // learns the range, which it does not access (see the type documentation).
+            to_result(unsafe {
+                bindings::virtqueue_add_inbuf(vq, &mut sg, 1, hint_token(), bindings::GFP_KERNEL)
+            })
+        })?
+    }
+
+    /// Lends `pages` to the device (device-writable buffers), notifies it, and waits until it
+    /// used them, or until the queues are deleted (the device is then reset and can no longer
+    /// touch them). While the device holds them, `stalled` is called every [`REPORT_STALL`]
+    /// with the time waited so far, so the caller can say that the host is not answering.
+    ///
+    /// `ENODEV` when the queue is gone, before or during the wait; `ENOSPC` when the ring has
+    /// no room for `pages.nents()` descriptors. Only one report may be in flight at a time.
+    #[cfg(CONFIG_PAGE_REPORTING)]
+    pub fn report(
+        &self,
+        pages: &crate::page_reporting::ReportedPages<'_>,
+        mut stalled: impl FnMut(Delta),
+    ) -> Result {
+        self.with_live(|vq| {
+            // Buffers used earlier (a report abandoned by a deleted queue cannot be one: the
+            // queue would be gone) must not be taken for this one.
+            Self::drain_locked(vq);
+            // SAFETY: The queue is live. `pages` holds `nents` valid entries describing free
+            // blocks the page allocator isolated for the duration of our caller's callback;
+            // this function returns only once the device no longer uses them. `GFP_NOWAIT`:
+            // indirect descriptors are off for this driver, so nothing is allocated anyway.
+            let r = unsafe {
+                bindings::virtqueue_add_inbuf(
+                    vq,
+                    pages.as_raw(),
+                    pages.nents(),
+                    report_token(),
+                    bindings::GFP_NOWAIT,
+                )
+            };
+            if r == 0 {
+                // SAFETY: The queue is live.
+                unsafe { bindings::virtqueue_kick(vq) };
+            }
+            to_result(r)
+        })??;
+        let start = Instant::<Monotonic>::now();
+        let mut next_stall = REPORT_STALL;
+        loop {
+            let seen = *self.transport.used.lock();
+            match self.with_live(Self::drain_locked) {
+                Ok(0) => {}
+                Ok(_) => return Ok(()),
+                // Deleted: the device was reset before the ring was freed; the pages are ours.
+                Err(e) => return Err(e),
+            }
+            self.transport.wait_used(seen, Delta::from_millis(1000));
+            let waited = Instant::<Monotonic>::now() - start;
+            if waited >= next_stall {
+                stalled(waited);
+                next_stall = next_stall + REPORT_STALL;
+            }
+        }
+    }
+
+    /// Notifies the device of new buffers. Returns false if the device is broken or gone.
+    pub fn kick(&self) -> bool {
+        // SAFETY: The queue is live inside `with_live`.
+        self.with_live(|vq| unsafe { bindings::virtqueue_kick(vq) })
+            .unwrap_or(false)
+    }
+
+    /// Number of free descriptors (0 once the queue is gone).
+    pub fn num_free(&self) -> u32 {
+        // SAFETY: The queue is live inside `with_live`; `num_free` is a plain field.
+        self.with_live(|vq| unsafe { (*vq).num_free }).unwrap_or(0)
+    }
+
+    /// Number of descriptors in the ring (0 once the queue is gone).
+    pub fn vring_size(&self) -> u32 {
+        // SAFETY: The queue is live inside `with_live`.
+        self.with_live(|vq| unsafe { bindings::virtqueue_get_vring_size(vq) })
+            .unwrap_or(0)
     }
 }
 

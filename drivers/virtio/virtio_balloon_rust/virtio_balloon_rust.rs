@@ -1,0 +1,494 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Virtio memory balloon driver, written in Rust.
+//!
+//! The host asks the guest to give up memory by raising `num_pages` in the config space; the
+//! driver allocates pages, tells the host their frame numbers on the inflate queue, and reports
+//! its size in `actual`. Lowering `num_pages` gives pages back through the deflate queue.
+//!
+//! It follows `drivers/virtio/virtio_balloon.c`: the same features, wire formats, queue order,
+//! work items, lock rules and accounting. By concern:
+//!
+//! | file | concern |
+//! |---|---|
+//! | `size.rs` | inflate and deflate towards the host's target, `actual`, page migration |
+//! | `stats.rs` | the statistics queue |
+//! | `oom.rs` | deflate on OOM, and when the balloon may grow again |
+//! | `hinting.rs` | free page hinting (migration) and the shrinker that returns hinted blocks |
+//! | `reporting.rs` | free page reporting |
+//!
+//! Where it differs from the C driver (each is an improvement; see
+//! `Documentation/virtio-balloon-rust/driver.rst`): it keeps a reserve of available memory the
+//! balloon does not take; after an OOM deflate it does not re-inflate until the pressure is
+//! over (no inflate/OOM ping-pong); a page the host was not told about never changes hands; and
+//! it says so, rate-limited, when the host stops answering.
+
+mod hinting;
+mod oom;
+mod reporting;
+mod size;
+mod stats;
+
+use core::mem::offset_of;
+use kernel::{
+    balloon::{self, BalloonPages},
+    bindings, device, new_mutex, new_spinlock_irq,
+    oom as oom_notifier, page_reporting,
+    prelude::*,
+    shrinker::Shrinker,
+    sync::{Arc, Mutex, SpinLockIrq},
+    time::{Delta, Instant, Monotonic},
+    virtio::{self, ConfigField, PageQueue, QueueFinder, QueueInfo, Virtqueue},
+    workqueue::{
+        self, impl_has_delayed_work, impl_has_work, new_delayed_work, new_work, DelayedWork,
+        OwnedQueue, Work, WorkItem,
+    },
+};
+
+/// Balloon page frames are 4 KiB, whatever the guest page size.
+const PAGES_PER_PAGE: u32 = (kernel::page::PAGE_SIZE >> bindings::VIRTIO_BALLOON_PFN_SHIFT) as u32;
+
+const F_MUST_TELL_HOST: u32 = bindings::VIRTIO_BALLOON_F_MUST_TELL_HOST;
+const F_STATS_VQ: u32 = bindings::VIRTIO_BALLOON_F_STATS_VQ;
+const F_DEFLATE_ON_OOM: u32 = bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
+const F_FREE_PAGE_HINT: u32 = bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT;
+const F_PAGE_POISON: u32 = bindings::VIRTIO_BALLOON_F_PAGE_POISON;
+const F_REPORTING: u32 = bindings::VIRTIO_BALLOON_F_REPORTING;
+
+type Config = bindings::virtio_balloon_config;
+
+/// The config space is little-endian even on legacy devices ("unlike all other devices").
+const CFG_NUM_PAGES: ConfigField = ConfigField::le32(offset_of!(Config, num_pages), None);
+const CFG_ACTUAL: ConfigField = ConfigField::le32(offset_of!(Config, actual), None);
+const CFG_FREE_PAGE_HINT_CMD_ID: ConfigField =
+    ConfigField::le32(offset_of!(Config, __bindgen_anon_1), Some(F_FREE_PAGE_HINT));
+const CFG_POISON_VAL: ConfigField =
+    ConfigField::le32(offset_of!(Config, poison_val), Some(F_PAGE_POISON));
+
+/// Queue slots, in `find_vqs` order. Transports number only the named slots, densely, so
+/// the device's index of the hint and reporting queues depends on what was negotiated, as in
+/// the C driver.
+const VQ_INFLATE: usize = 0;
+const VQ_DEFLATE: usize = 1;
+const VQ_STATS: usize = 2;
+const VQ_FREE_PAGE: usize = 3;
+const VQ_REPORTING: usize = 4;
+
+kernel::virtio_device_table!(
+    BALLOON_TABLE,
+    [virtio::DeviceId::new(bindings::VIRTIO_ID_BALLOON)]
+);
+
+/// At most one message per interval for a recurring condition, with a count of the ones
+/// suppressed in between.
+struct RateLimit {
+    last: Option<Instant<Monotonic>>,
+    suppressed: u32,
+}
+
+impl RateLimit {
+    const fn new() -> Self {
+        Self {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed since the last message)` when a message may go out now.
+    fn allow(&mut self, interval: Delta) -> Option<u32> {
+        let now = Instant::<Monotonic>::now();
+        match self.last {
+            Some(last) if now - last < interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(core::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// Interval of the rate-limited messages.
+const MESSAGE_INTERVAL: Delta = Delta::from_secs(5);
+
+/// The driver's state, shared by its work items and callbacks.
+#[pin_data]
+struct Balloon {
+    /// The pages in the balloon, and the queues that tell the host about them.
+    #[pin]
+    pages: BalloonPages<size::HostLink>,
+    #[pin]
+    size: size::Sizing,
+    stats_vq: Option<Virtqueue<stats::StatsBuf>>,
+    #[pin]
+    pressure: oom::Pressure,
+    #[pin]
+    hint: hinting::Hinting,
+    reporting_vq: Option<PageQueue>,
+    #[pin]
+    reporting_msg: Mutex<RateLimit>,
+    /// Set when the device goes away: no more work is queued.
+    #[pin]
+    stop_update: SpinLockIrq<bool>,
+    #[pin]
+    size_work: Work<Balloon, 0>,
+    #[pin]
+    stats_work: Work<Balloon, 1>,
+    #[pin]
+    hint_work: Work<Balloon, 2>,
+    /// Re-queues the size work after a back-off (see `oom.rs`).
+    #[pin]
+    retry_work: DelayedWork<Balloon, 3>,
+}
+
+impl_has_work! {
+    impl HasWork<Self, 0> for Balloon { self.size_work }
+    impl HasWork<Self, 1> for Balloon { self.stats_work }
+    impl HasWork<Self, 2> for Balloon { self.hint_work }
+}
+
+impl_has_delayed_work! {
+    impl HasDelayedWork<Self, 3> for Balloon { self.retry_work }
+}
+
+impl WorkItem<0> for Balloon {
+    type Pointer = Arc<Balloon>;
+
+    fn run(this: Arc<Balloon>) {
+        Balloon::update_balloon_size_work(&this);
+    }
+}
+
+impl WorkItem<1> for Balloon {
+    type Pointer = Arc<Balloon>;
+
+    fn run(this: Arc<Balloon>) {
+        this.stats_handle_request();
+    }
+}
+
+impl WorkItem<2> for Balloon {
+    type Pointer = Arc<Balloon>;
+
+    fn run(this: Arc<Balloon>) {
+        this.report_free_page_work();
+    }
+}
+
+impl WorkItem<3> for Balloon {
+    type Pointer = Arc<Balloon>;
+
+    fn run(this: Arc<Balloon>) {
+        Balloon::queue_size_work(&this);
+    }
+}
+
+impl Balloon {
+    fn new(dev: &virtio::Device<device::Core<'_>>, finder: QueueFinder<BalloonDriver>) -> Result<Arc<Self>> {
+        if !dev.has_config() {
+            dev_err!(dev.as_ref(), "config space access is not supported\n");
+            return Err(EINVAL);
+        }
+        let has = |f| dev.has_feature(f);
+        let named = |f, name: &'static CStr| has(f).then_some(name);
+        let queues = [
+            QueueInfo {
+                name: Some(c"inflate"),
+                callback: true,
+            },
+            QueueInfo {
+                name: Some(c"deflate"),
+                callback: true,
+            },
+            QueueInfo {
+                name: named(F_STATS_VQ, c"stats"),
+                callback: true,
+            },
+            // Polled: no interrupt.
+            QueueInfo {
+                name: named(F_FREE_PAGE_HINT, c"free_page_vq"),
+                callback: false,
+            },
+            QueueInfo {
+                name: named(F_REPORTING, c"reporting_vq"),
+                callback: true,
+            },
+        ];
+        let (transport, mut vqs) = finder.find_vqs(dev, &queues)?;
+        let mut take = |slot: usize| vqs[slot].take().ok_or(ENODEV);
+        let inflate_vq = Virtqueue::new(take(VQ_INFLATE)?)?;
+        let deflate_vq = Virtqueue::new(take(VQ_DEFLATE)?)?;
+        let stats_vq = match has(F_STATS_VQ) {
+            true => Some(Virtqueue::new(take(VQ_STATS)?)?),
+            false => None,
+        };
+        let hint_vq = match has(F_FREE_PAGE_HINT) {
+            true => Some(PageQueue::new(take(VQ_FREE_PAGE)?)?),
+            false => None,
+        };
+        let reporting_vq = match has(F_REPORTING) {
+            true => Some(PageQueue::new(take(VQ_REPORTING)?)?),
+            false => None,
+        };
+        // A hint run needs a slot for a block and one kept for the stop id.
+        if hint_vq.as_ref().is_some_and(|vq| vq.vring_size() < 2) {
+            dev_err!(dev.as_ref(), "free page hint queue has fewer than 2 entries\n");
+            return Err(ENOSPC);
+        }
+        // Without deflate-on-OOM the host may keep ballooned memory for good, so it leaves the
+        // guest's managed memory (MemTotal drops). With it, the guest can take it back.
+        let adjust_managed = !has(F_DEFLATE_ON_OOM);
+
+        Arc::pin_init(
+            try_pin_init!(Balloon {
+                pages <- BalloonPages::new(
+                    adjust_managed,
+                    size::HostLink::new(dev, transport, inflate_vq, deflate_vq)?,
+                ),
+                size <- size::Sizing::new()?,
+                stats_vq,
+                pressure <- oom::Pressure::new(),
+                hint <- hinting::Hinting::new(hint_vq),
+                reporting_vq,
+                reporting_msg <- new_mutex!(RateLimit::new()),
+                stop_update <- new_spinlock_irq!(false),
+                size_work <- new_work!("virtio_balloon_rust::size"),
+                stats_work <- new_work!("virtio_balloon_rust::stats"),
+                hint_work <- new_work!("virtio_balloon_rust::hint"),
+                retry_work <- new_delayed_work!("virtio_balloon_rust::retry"),
+            }? Error),
+            GFP_KERNEL,
+        )
+    }
+
+    /// The queues and lock for talking to the host.
+    fn link(&self) -> &size::HostLink {
+        self.pages.migrator()
+    }
+
+    /// The device, for messages.
+    fn dev(&self) -> &device::Device {
+        self.link().dev()
+    }
+
+    fn has_feature(&self, bit: u32) -> bool {
+        self.link().has_feature(bit)
+    }
+
+    /// Stops the work items: nothing queues them any more, and none runs.
+    fn quiesce(this: &Arc<Self>) {
+        *this.stop_update.lock() = true;
+        workqueue::cancel_sync::<Self, 0>(this);
+        workqueue::cancel_sync::<Self, 1>(this);
+        workqueue::cancel_sync::<Self, 2>(this);
+        workqueue::cancel_delayed_sync::<Self, 3>(this);
+    }
+}
+
+/// What the driver registered with the rest of the kernel; dropped in the C driver's order.
+struct Registrations {
+    reporting: Option<page_reporting::Registration<Balloon>>,
+    oom: Option<oom_notifier::Registration<Balloon>>,
+    shrinker: Option<Shrinker<Balloon>>,
+}
+
+impl Registrations {
+    fn none() -> Self {
+        Self {
+            reporting: None,
+            oom: None,
+            shrinker: None,
+        }
+    }
+
+    /// Unregisters everything, reporting first: after this no callback of the rest of the
+    /// kernel reaches the driver.
+    fn drop_all(&mut self) {
+        drop(self.reporting.take());
+        drop(self.oom.take());
+        drop(self.shrinker.take());
+    }
+}
+
+/// Per-device data of the driver.
+#[pin_data]
+struct VirtioBalloon {
+    b: Arc<Balloon>,
+    /// The hint work runs here: freezable, CPU-intensive, per-CPU, as in the C driver. It is
+    /// destroyed with the device data, after `unbind` cancelled the work.
+    hint_wq: Option<OwnedQueue>,
+    #[pin]
+    regs: Mutex<Registrations>,
+}
+
+impl VirtioBalloon {
+    /// The host changed the config space, or the driver just came up (atomic context).
+    fn changed(&self) {
+        let b = &self.b;
+        let stop = b.stop_update.lock();
+        if *stop {
+            return;
+        }
+        Balloon::queue_size_work(b);
+        if let Some(wq) = &self.hint_wq {
+            // The cmd id is read in the work (config reads sleep); queue it only when no read
+            // is pending, as the C driver does.
+            if b.hint.cmd_id_changed() {
+                let _ = wq.enqueue::<Arc<Balloon>, 2>(b.clone());
+            }
+        }
+    }
+}
+
+struct BalloonDriver;
+
+impl virtio::Driver for BalloonDriver {
+    type Data<'bound> = VirtioBalloon;
+    type Config = Config;
+
+    const ID_TABLE: virtio::IdTable = &BALLOON_TABLE;
+
+    const FEATURES: &'static [u32] = &[
+        F_MUST_TELL_HOST,
+        F_STATS_VQ,
+        F_DEFLATE_ON_OOM,
+        F_FREE_PAGE_HINT,
+        F_PAGE_POISON,
+        F_REPORTING,
+    ];
+
+    fn validate(features: &virtio::Features<'_>) -> Result {
+        if !balloon::free_pages_have_contents() {
+            features.clear(F_PAGE_POISON);
+        } else if !features.has(F_PAGE_POISON) {
+            // Reported pages would come back zeroed, but the guest expects its pattern.
+            features.clear(F_REPORTING);
+        }
+        // No allocation in virtqueue_add while reporting free pages.
+        features.clear(bindings::VIRTIO_RING_F_INDIRECT_DESC);
+        features.clear(bindings::VIRTIO_F_ACCESS_PLATFORM);
+        Ok(())
+    }
+
+    fn probe<'bound>(
+        dev: &'bound virtio::Device<device::Core<'_>>,
+        queues: QueueFinder<Self>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+        let setup = || -> Result<(Arc<Balloon>, Option<OwnedQueue>, Registrations)> {
+            let b = Balloon::new(dev, queues)?;
+            let has = |f| dev.has_feature(f);
+            // The host may read the poison value from DRIVER_OK on: write it now, once.
+            if has(F_PAGE_POISON) {
+                let val = balloon::poison_value().unwrap_or(0);
+                b.link().transport().write_config_le32(CFG_POISON_VAL, val)?;
+            }
+            let hint_wq = match has(F_FREE_PAGE_HINT) {
+                true => Some(OwnedQueue::new(
+                    c"balloon-wq",
+                    workqueue::flags::FREEZABLE
+                        | workqueue::flags::CPU_INTENSIVE
+                        | workqueue::flags::PERCPU,
+                    0,
+                )?),
+                false => None,
+            };
+            let shrinker = match has(F_FREE_PAGE_HINT) {
+                true => Some(Shrinker::register(c"virtio-balloon", b.clone())?),
+                false => None,
+            };
+            let oom = match has(F_DEFLATE_ON_OOM) {
+                true => Some(oom_notifier::Registration::new(b.clone(), oom::NOTIFY_PRIORITY)?),
+                false => None,
+            };
+            let reporting = match has(F_REPORTING) {
+                true => Some(reporting::register(&b)?),
+                false => None,
+            };
+            Ok((
+                b,
+                hint_wq,
+                Registrations {
+                    reporting,
+                    oom,
+                    shrinker,
+                },
+            ))
+        };
+        let (b, hint_wq, regs) = match setup() {
+            Ok((b, wq, regs)) => (Ok(b), wq, regs),
+            Err(e) => (Err(e), None, Registrations::none()),
+        };
+        try_pin_init!(VirtioBalloon {
+            b: b?,
+            hint_wq,
+            regs <- new_mutex!(regs),
+        }? Error)
+    }
+
+    fn ready<'bound>(
+        dev: &'bound virtio::Device<device::Core<'_>>,
+        this: Pin<&VirtioBalloon>,
+    ) -> Result {
+        // Prime the stats queue: the host returns the buffer when it wants an update. The C
+        // driver fails the probe when this fails, and so do we.
+        this.b.prime_stats().inspect_err(|e| {
+            dev_err!(dev.as_ref(), "cannot set up the stats queue: {:?}\n", e);
+        })?;
+        // The host may have set a target (or a hint cmd id) before the driver came.
+        if this.b.towards_target() != 0 {
+            this.changed();
+        }
+        Ok(())
+    }
+
+    fn config_changed(this: Pin<&VirtioBalloon>) {
+        this.changed();
+    }
+
+    fn queue_done(this: Pin<&VirtioBalloon>, slot: usize) {
+        match slot {
+            VQ_INFLATE | VQ_DEFLATE => this.b.link().ack(),
+            VQ_STATS => Balloon::stats_request(&this.b),
+            // The reporting queue's waiter is woken by the bus; the hint queue is polled.
+            _ => {}
+        }
+    }
+
+    fn unbind<'bound>(dev: &'bound virtio::Device<device::Core<'_>>, this: Pin<&VirtioBalloon>) {
+        let b = &this.b;
+        // The C driver's order: reporting, OOM notifier, shrinker, then the work items.
+        this.regs.lock().drop_all();
+        Balloon::quiesce(b);
+        // Every page goes back to the guest, and the host hears of each first.
+        b.deflate_all();
+        b.update_balloon_size();
+        b.link().transport().delete(dev);
+        // Only now, with the device reset, do the hinted blocks go back: none is on a ring.
+        b.return_hints(usize::MAX);
+    }
+
+    fn shutdown<'bound>(_dev: &'bound virtio::Device<device::Core<'_>>, this: Pin<&VirtioBalloon>) {
+        this.regs.lock().drop_all();
+        Balloon::quiesce(&this.b);
+    }
+
+    /// Suspend is not supported yet: refuse it rather than lose the queues under the driver's
+    /// feet (the core resets the device on resume).
+    fn freeze<'bound>(
+        dev: &'bound virtio::Device<device::Core<'_>>,
+        _this: Pin<&VirtioBalloon>,
+    ) -> Result {
+        dev_err!(dev.as_ref(), "suspend is not supported by this driver yet\n");
+        Err(EOPNOTSUPP)
+    }
+}
+
+kernel::module_virtio_driver! {
+    type: BalloonDriver,
+    name: "virtio_balloon_rust",
+    authors: ["The virtio-balloon Rust authors"],
+    description: "Virtio memory balloon driver (Rust)",
+    license: "GPL",
+}
