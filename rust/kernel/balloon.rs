@@ -333,6 +333,21 @@ mod tests {
     }
 
     #[test]
+    fn hint_blocks_are_whole_and_come_back() -> Result {
+        let free = vmstat::meminfo().free;
+        let block = HintBlock::alloc().ok_or(ENOMEM)?;
+        assert_eq!(block.addr() as usize % HintBlock::BYTES, 0);
+        assert!(vmstat::meminfo().free <= free);
+        drop(block);
+        Ok(())
+    }
+
+    #[test]
+    fn poison_value_follows_free_page_contents() {
+        assert_eq!(poison_value().is_some(), free_pages_have_contents());
+    }
+
+    #[test]
     fn counters_are_sane() {
         let m = vmstat::meminfo();
         assert!(m.total > 0 && m.free <= m.total);

@@ -199,8 +199,9 @@ impl<T: Driver + 'static> Adapter<T> {
         // waits for running callbacks): the transport outlives this call.
         let t = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*vdev).priv_)) };
         if !t.is_null() {
-            // SAFETY: As above.
-            unsafe { &*t.cast::<Transport>() }.signal_used();
+            // SAFETY: `priv` came from `Arc::<Transport>::into_foreign` and is not released
+            // while this runs (see above).
+            unsafe { <Arc<Transport> as ForeignOwnable>::borrow(t.cast()) }.signal_used();
         }
         // SAFETY: Queue callbacks run only after DRIVER_OK, which the bus sets after drvdata, and
         // stop when the queues are deleted or the device is reset, before drvdata goes away.
@@ -599,6 +600,19 @@ impl ConfigField {
             feature,
         }
     }
+
+    /// The field's offset if it is aligned, lies within `config_size` bytes (without
+    /// wrapping), and its feature (if any) is negotiated according to `has_feature`.
+    fn offset_in(self, config_size: usize, has_feature: impl FnOnce(u32) -> bool) -> Result<u32> {
+        let end = self.offset.checked_add(self.len).ok_or(EINVAL)?;
+        if self.len == 0 || self.offset % self.len != 0 || end > config_size {
+            return Err(EINVAL);
+        }
+        if self.feature.is_some_and(|bit| !has_feature(bit)) {
+            return Err(EINVAL);
+        }
+        u32::try_from(self.offset).map_err(|_| EINVAL)
+    }
 }
 
 /// One queue for [`QueueFinder::find_vqs`].
@@ -665,17 +679,8 @@ impl Transport {
     /// Checks that `field` lies inside the driver's `Config` and, for a field that exists only
     /// with a feature, that the feature was negotiated: only then does the device expose it.
     fn check_config(&self, vdev: *mut bindings::virtio_device, field: ConfigField) -> Result<u32> {
-        let end = field.offset.checked_add(field.len).ok_or(EINVAL)?;
-        if field.len == 0 || field.offset % field.len != 0 || end > self.config_size {
-            return Err(EINVAL);
-        }
-        if let Some(bit) = field.feature {
-            // SAFETY: `vdev` is valid while the transport is alive (the caller holds the lock).
-            if !unsafe { bindings::__virtio_test_bit(vdev, bit) } {
-                return Err(EINVAL);
-            }
-        }
-        u32::try_from(field.offset).map_err(|_| EINVAL)
+        // SAFETY: `vdev` is valid while the transport is alive (the caller holds the lock).
+        field.offset_in(self.config_size, |bit| unsafe { bindings::__virtio_test_bit(vdev, bit) })
     }
 
     /// Reads the little-endian 32-bit config field `field`. May sleep.
@@ -1208,3 +1213,27 @@ unsafe impl Sync for Device {}
 
 // SAFETY: Same as `Device<Normal>`; `Bound` is a zero-sized type-state marker.
 unsafe impl Sync for Device<device::Bound> {}
+
+#[cfg(CONFIG_RUST_BALLOON_KUNIT_TEST)]
+#[macros::kunit_tests(rust_kernel_virtio)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_fields_stay_inside() {
+        let yes = |_| true;
+        assert_eq!(ConfigField::le32(0, None).offset_in(16, yes), Ok(0));
+        assert_eq!(ConfigField::le32(12, None).offset_in(16, yes), Ok(12));
+        // Past the end, unaligned, and `offset + len` wrapping around.
+        assert_eq!(ConfigField::le32(16, None).offset_in(16, yes), Err(EINVAL));
+        assert_eq!(ConfigField::le32(2, None).offset_in(16, yes), Err(EINVAL));
+        assert_eq!(ConfigField::le32(usize::MAX - 1, None).offset_in(usize::MAX, yes), Err(EINVAL));
+    }
+
+    #[test]
+    fn feature_fields_need_their_feature() {
+        let field = ConfigField::le32(12, Some(4));
+        assert_eq!(field.offset_in(16, |bit| bit == 4), Ok(12));
+        assert_eq!(field.offset_in(16, |_| false), Err(EINVAL));
+    }
+}
