@@ -9,19 +9,23 @@
 //! |------------------|---------------------------------------------------|
 //! | `ram`            | guest RAM in bytes as configured                  |
 //! | `actual`         | `query-balloon` actual, bytes                     |
-//! | `device`         | `deflate-on-oom=0/1 free-page-reporting=0/1 ...`  |
+//! | `device`         | `deflate-on-oom=0/1 free-page-reporting=0/1 free-page-hint=0/1 page-poison=0/1 stats-interval=N` |
 //! | `target BYTES`   | sets the balloon and waits for actual == BYTES: `ACTUAL ms=ELAPSED` |
 //! | `set BYTES`      | sets the balloon target and answers at once       |
 //! | `stats-cadence INTERVAL SECONDS` | polls guest-stats at INTERVAL s for SECONDS s: `updates=N min-gap=G max-gap=H` |
 //! | `stats`          | a fresh `guest-stats` as `stat-NAME=VALUE ...`    |
 //! | `rss`            | QEMU's resident set size, bytes                   |
 //! | `migrate`        | migrates to a sink, resumes; bytes transferred    |
+//! | `migrate-start BPS` | sets max-bandwidth to BPS bytes/s, starts a migration to a sink, answers at once |
+//! | `migrate-status` | `status=S transferred=N normal=N duplicate=N remaining=N` |
+//! | `migrate-wait BPS` | sets max-bandwidth to BPS (0: unchanged), waits for the end, resumes, puts the bandwidth back: `status=completed transferred=N ... ms=WAITED` |
 //! | `reset`          | answers, then resets the machine                  |
 //! | `wait MS`        | answers after MS milliseconds                     |
 
 use crate::qmp::Monitor;
 use crate::vm::Device;
 use serde_json::Value;
+use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -31,6 +35,10 @@ use std::time::{Duration, Instant};
 pub const TARGET_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `stats` waits for two fresh updates.
 const STATS_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a migration may take.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Where migrations go: the VM stays here and resumes.
+const MIGRATE_SINK: &str = "exec:cat > /dev/null";
 
 #[derive(Debug, PartialEq)]
 pub enum Request {
@@ -43,6 +51,9 @@ pub enum Request {
     Stats,
     Rss,
     Migrate,
+    MigrateStart(u64),
+    MigrateStatus,
+    MigrateWait(u64),
     Reset,
     Wait(u64),
 }
@@ -70,6 +81,15 @@ pub fn parse(line: &str) -> Result<Request, String> {
         "stats" => plain(Request::Stats),
         "rss" => plain(Request::Rss),
         "migrate" => plain(Request::Migrate),
+        "migrate-status" => plain(Request::MigrateStatus),
+        "migrate-start" => match num()? {
+            n if n > 0 => Ok(Request::MigrateStart(n as u64)),
+            n => Err(format!("migrate-start {n}: must be a positive bandwidth")),
+        },
+        "migrate-wait" => match num()? {
+            n if n >= 0 => Ok(Request::MigrateWait(n as u64)),
+            n => Err(format!("migrate-wait {n}: bandwidth must not be negative")),
+        },
         "reset" => plain(Request::Reset),
         "target" => match num()? {
             n if n > 0 => Ok(Request::Target(n)),
@@ -96,6 +116,8 @@ struct Agent {
     ram: u64,
     device: Device,
     qemu_pid: u32,
+    /// max-bandwidth before `migrate-start` changed it, put back by `migrate-wait`.
+    saved_bandwidth: Cell<Option<u64>>,
 }
 
 fn lock(qmp: &Arc<Mutex<Monitor>>) -> std::sync::MutexGuard<'_, Monitor> {
@@ -121,6 +143,25 @@ pub fn cadence_line(seen: &[i64]) -> String {
         seen.len().saturating_sub(1),
         gaps.iter().min().unwrap_or(&0),
         gaps.iter().max().unwrap_or(&0)
+    )
+}
+
+/// `status=S transferred=N normal=N normal-bytes=N duplicate=N remaining=N` from a
+/// `query-migrate` answer; a missing number is -1.
+pub fn migration_line(v: &Value) -> String {
+    let status = v.get("status").and_then(Value::as_str).unwrap_or("none");
+    let ram = |k: &str| {
+        v.pointer(&format!("/ram/{k}"))
+            .and_then(Value::as_i64)
+            .unwrap_or(-1)
+    };
+    format!(
+        "status={status} transferred={} normal={} normal-bytes={} duplicate={} remaining={}",
+        ram("transferred"),
+        ram("normal"),
+        ram("normal-bytes"),
+        ram("duplicate"),
+        ram("remaining")
     )
 }
 
@@ -197,6 +238,34 @@ impl Agent {
         Ok(cadence_line(&seen))
     }
 
+    fn migrate_start(&self, bandwidth: u64) -> io::Result<String> {
+        let mut q = lock(&self.qmp);
+        if self.saved_bandwidth.get().is_none() {
+            self.saved_bandwidth.set(Some(q.max_bandwidth()?));
+        }
+        q.set_max_bandwidth(bandwidth)?;
+        q.migrate_start(MIGRATE_SINK)?;
+        Ok(String::new())
+    }
+
+    /// Lets the migration end (faster, if `bandwidth` > 0), resumes the VM and puts the
+    /// bandwidth back, even when the migration failed.
+    fn migrate_wait(&self, bandwidth: u64) -> io::Result<String> {
+        let start = Instant::now();
+        if bandwidth > 0 {
+            lock(&self.qmp).set_max_bandwidth(bandwidth)?;
+        }
+        let r = lock(&self.qmp).migrate_wait(MIGRATE_TIMEOUT);
+        if let Some(b) = self.saved_bandwidth.take() {
+            lock(&self.qmp).set_max_bandwidth(b)?;
+        }
+        Ok(format!(
+            "{} ms={}",
+            migration_line(&r?),
+            start.elapsed().as_millis()
+        ))
+    }
+
     fn answer(&self, req: Request) -> io::Result<String> {
         Ok(match req {
             Request::Ram => self.ram.to_string(),
@@ -204,10 +273,12 @@ impl Agent {
             Request::Device => {
                 let d = &self.device;
                 format!(
-                    "deflate-on-oom={} free-page-reporting={} free-page-hint={} stats-interval={}",
+                    "deflate-on-oom={} free-page-reporting={} free-page-hint={} page-poison={} \
+                     stats-interval={}",
                     d.deflate_on_oom as u8,
                     d.free_page_reporting as u8,
                     d.free_page_hint as u8,
+                    d.page_poison as u8,
                     d.stats_interval
                 )
             }
@@ -220,8 +291,11 @@ impl Agent {
             Request::Stats => self.stats()?,
             Request::Rss => rss(self.qemu_pid)?.to_string(),
             Request::Migrate => lock(&self.qmp)
-                .migrate("exec:cat > /dev/null", Duration::from_secs(300))?
+                .migrate(MIGRATE_SINK, MIGRATE_TIMEOUT)?
                 .to_string(),
+            Request::MigrateStart(b) => self.migrate_start(b)?,
+            Request::MigrateStatus => migration_line(&lock(&self.qmp).query_migrate()?),
+            Request::MigrateWait(b) => self.migrate_wait(b)?,
             Request::Reset | Request::Wait(_) => String::new(),
         })
     }
@@ -242,6 +316,7 @@ pub fn spawn(port: UnixStream, qmp: Arc<Mutex<Monitor>>, ram: u64, device: Devic
         ram,
         device,
         qemu_pid,
+        saved_bandwidth: Cell::new(None),
     };
     std::thread::spawn(move || {
         let Ok(mut out) = port.try_clone() else {
@@ -304,6 +379,36 @@ mod tests {
         assert_eq!(parse("stats-cadence 2 8"), Ok(Request::StatsCadence(2, 8)));
         assert!(parse("stats-cadence 0 8").is_err());
         assert!(parse("stats-cadence 2").is_err());
+    }
+
+    #[test]
+    fn migration_requests() {
+        assert_eq!(parse("migrate-start 16777216"), Ok(Request::MigrateStart(16 << 20)));
+        assert!(parse("migrate-start 0").is_err());
+        assert!(parse("migrate-start").is_err());
+        assert_eq!(parse("migrate-wait 0"), Ok(Request::MigrateWait(0)));
+        assert_eq!(parse("migrate-wait 1073741824"), Ok(Request::MigrateWait(1 << 30)));
+        assert!(parse("migrate-wait -1").is_err());
+        assert_eq!(parse("migrate-status"), Ok(Request::MigrateStatus));
+        assert!(parse("migrate-status now").is_err());
+    }
+
+    #[test]
+    fn migration_summary() {
+        let v: Value = serde_json::from_str(
+            r#"{"status": "active", "ram": {"transferred": 1000, "normal": 20,
+                "normal-bytes": 81920, "duplicate": 5, "remaining": 4096, "total": 9}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            migration_line(&v),
+            "status=active transferred=1000 normal=20 normal-bytes=81920 duplicate=5 remaining=4096"
+        );
+        let none: Value = serde_json::from_str("{}").unwrap();
+        assert_eq!(
+            migration_line(&none),
+            "status=none transferred=-1 normal=-1 normal-bytes=-1 duplicate=-1 remaining=-1"
+        );
     }
 
     #[test]

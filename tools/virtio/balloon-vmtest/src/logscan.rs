@@ -2,7 +2,9 @@
 //! Finds kernel reports in a guest console log.
 
 /// Console text that means the kernel found a bug: BUG/WARNING splats, KASAN,
-/// lockdep, soft lockups, RCU stalls, hung tasks, panics.
+/// lockdep, soft lockups, RCU stalls, hung tasks, panics, and a poisoned free
+/// page whose pattern changed (with `page_poison=1`: e.g. a host that
+/// discarded a reported page it should have kept).
 const PATTERNS: &[&str] = &[
     "BUG:",
     "WARNING:",
@@ -23,6 +25,8 @@ const PATTERNS: &[&str] = &[
     "blocked for more than",
     "list_add corruption",
     "list_del corruption",
+    // mm/page_poison.c: "pagealloc: memory corruption", "pagealloc: single bit error"
+    "pagealloc: ",
 ];
 
 /// How many lines after a match belong to its report, at most.
@@ -109,6 +113,17 @@ mod tests {
     fn kasan_lockdep_stall_all_found() {
         let log = v("BUG: KASAN: use-after-free in f\n@@X\nWARNING: possible circular locking dependency detected\n@@Y\nrcu: INFO: rcu_preempt self-detected stall on CPU\n@@Z\nwatchdog: BUG: soft lockup - CPU#0 stuck\n");
         assert_eq!(kernel_reports(&log).len(), 4);
+    }
+
+    #[test]
+    fn poison_corruption_found() {
+        let log = v("pagealloc: memory corruption\n00000000: 00 00 00 00\nCPU: 1 PID: 80 Comm: t\n@@X\npagealloc: single bit error\n");
+        let r = kernel_reports(&log);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].line, 1);
+        // The OOM killer's report is not a kernel bug.
+        let oom = v("t invoked oom-killer: gfp_mask=0x140dca, order=0, oom_score_adj=1000\nOut of memory: Killed process 90 (t)\n");
+        assert!(kernel_reports(&oom).is_empty());
     }
 
     #[test]

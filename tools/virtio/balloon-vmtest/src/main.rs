@@ -25,9 +25,15 @@ usage: balloon-vmtest check|demo|bench --kernel BZIMAGE --initrd INITRD [options
 options:
   --driver MODULE     balloon driver module; check takes it several times
                       (default: virtio_balloon)
-  --device OPTS       device options, e.g. plain, deflate-on-oom,
-                      free-page-reporting, free-page-hint, stats=N; check
-                      takes it several times (default: plain)
+  --device OPTS       a configuration: an optional preset name (plain,
+                      deflate-on-oom, reporting, hint, hint-reporting, poison,
+                      poison-unsupported, zero-on-free,
+                      zero-on-free-unsupported) and options: deflate-on-oom,
+                      free-page-reporting, free-page-hint, stats=N,
+                      page-poison=on|off, guest=KERNEL_ARG (repeatable),
+                      tests=SEL+SEL (FIXTURE or FIXTURE.TEST; default: the
+                      core suite, balloon); check takes it several times
+                      (default: plain)
   --fallback MODULE   demo: if the driver does not bind, show this one
   --accel ACCEL       tcg (default) or kvm
   --mem MIB           guest RAM (default 1024)
@@ -93,7 +99,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         a.drivers.push("virtio_balloon".into());
     }
     if a.devices.is_empty() {
-        a.devices.push(Device::default());
+        a.devices.push(Device::parse("plain")?);
     }
     Ok(a)
 }
@@ -148,6 +154,22 @@ fn excerpt(log: &[String], t: &TestResult) -> Vec<String> {
         })
         .map_or(end, |i| i + (!l_is_run(&log[i], sub)) as usize);
     log[start..=end].to_vec()
+}
+
+/// Test selectors (`FIXTURE` or `FIXTURE.TEST`) that no result of `results`
+/// (`program:FIXTURE.TEST`) answers: a misspelt selector would otherwise run nothing
+/// and pass.
+fn unmatched<'a>(selectors: &'a [String], results: &[TestResult]) -> Vec<&'a str> {
+    selectors
+        .iter()
+        .filter(|sel| {
+            !results.iter().any(|r| {
+                let t = r.name.split_once(':').map_or("", |(_, t)| t);
+                t == sel.as_str() || t.strip_prefix(sel.as_str()).is_some_and(|r| r.starts_with('.'))
+            })
+        })
+        .map(String::as_str)
+        .collect()
 }
 
 fn l_is_run(l: &str, sub: &str) -> bool {
@@ -218,6 +240,12 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
         .unwrap_or(0);
     results.extend(ktap::parse_kunit(&vm.log[..init]));
     results.extend(ktap::parse(&vm.log[init..]));
+    for sel in unmatched(&device.tests, &results) {
+        results.push(fail(
+            &format!("selected: {sel}"),
+            "no test of that name ran (vb.tests)",
+        ));
+    }
     if !done {
         let why = verdict.unwrap_or_else(|| "the guest stopped before the suite finished".into());
         results.push(fail(
@@ -696,6 +724,14 @@ mod tests {
     }
 
     #[test]
+    fn usage_lists_every_preset() {
+        let usage = USAGE.split_whitespace().collect::<Vec<_>>().join(" ");
+        for (name, _) in vm::PRESETS {
+            assert!(usage.contains(name), "{name} missing from USAGE");
+        }
+    }
+
+    #[test]
     fn progress_both_ways() {
         assert_eq!(progress(0, 0, 100), 0.0);
         assert_eq!(progress(0, 50, 100), 0.5);
@@ -721,6 +757,33 @@ mod tests {
             Some((1000, 128))
         );
         assert_eq!(guest_view("other"), None);
+    }
+
+    #[test]
+    fn selectors_that_ran_nothing() {
+        let r = |n: &str| TestResult {
+            name: n.into(),
+            status: Status::Pass,
+            note: String::new(),
+        };
+        let results = vec![
+            r("balloon_test:balloon.driver_bound"),
+            r("balloon_mm_test:oom.kills_without_deflate_on_oom"),
+            r("kunit:rust_kernel_balloon.empty"),
+            r("balloon_mm_test"),
+        ];
+        let sel = s(&[
+            "balloon",
+            "oom.kills_without_deflate_on_oom",
+            "oom.deflates",
+            "ballo",
+            "hint",
+            "rust_kernel_balloon",
+        ]);
+        assert_eq!(
+            unmatched(&sel, &results),
+            vec!["oom.deflates", "ballo", "hint"]
+        );
     }
 
     #[test]

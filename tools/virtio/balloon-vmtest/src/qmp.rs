@@ -78,24 +78,41 @@ impl Monitor {
     /// Migrates the VM into `uri`, waits for the end and resumes it.
     /// Returns the RAM bytes transferred.
     pub fn migrate(&mut self, uri: &str, timeout: Duration) -> io::Result<i64> {
+        self.migrate_start(uri)?;
+        let v = self.migrate_wait(timeout)?;
+        Ok(v.pointer("/ram/transferred")
+            .and_then(Value::as_i64)
+            .unwrap_or(0))
+    }
+
+    /// Starts a migration into `uri` and returns at once (QMP `migrate` does
+    /// not wait).
+    pub fn migrate_start(&mut self, uri: &str) -> io::Result<()> {
         let cmd = qmp::migrate {
             uri: Some(uri.into()),
             channels: None,
             detach: None,
             resume: None,
         };
-        self.run(&cmd)?;
+        self.run(&cmd).map(|_| ())
+    }
+
+    /// `query-migrate` as JSON.
+    pub fn query_migrate(&mut self) -> io::Result<Value> {
+        let info = self.run(&qmp::query_migrate {})?;
+        serde_json::to_value(&info).map_err(err)
+    }
+
+    /// Waits until the running migration completes, resumes the VM and
+    /// returns the final `query-migrate`.
+    pub fn migrate_wait(&mut self, timeout: Duration) -> io::Result<Value> {
         let start = Instant::now();
         loop {
-            let info = self.run(&qmp::query_migrate {})?;
-            let v = serde_json::to_value(&info).map_err(err)?;
+            let v = self.query_migrate()?;
             match v.get("status").and_then(Value::as_str) {
                 Some("completed") => {
                     self.run(&qmp::cont {})?;
-                    return Ok(v
-                        .pointer("/ram/transferred")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(0));
+                    return Ok(v);
                 }
                 Some(s @ ("failed" | "cancelled")) => {
                     let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("");
@@ -105,6 +122,23 @@ impl Monitor {
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
+    }
+
+    /// The migration's `max-bandwidth`, bytes per second.
+    pub fn max_bandwidth(&mut self) -> io::Result<u64> {
+        let p = self.run(&qmp::query_migrate_parameters {})?;
+        p.max_bandwidth
+            .ok_or_else(|| err("query-migrate-parameters: no max-bandwidth"))
+    }
+
+    /// Sets the migration's `max-bandwidth`, bytes per second; applies to a
+    /// running migration too.
+    pub fn set_max_bandwidth(&mut self, bytes_per_s: u64) -> io::Result<()> {
+        let p = qmp::MigrateSetParameters {
+            max_bandwidth: Some(bytes_per_s),
+            ..Default::default()
+        };
+        self.run(&qmp::migrate_set_parameters(p)).map(|_| ())
     }
 
     pub fn system_reset(&mut self) -> io::Result<()> {

@@ -13,36 +13,137 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Properties of the balloon device for one boot.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Named configurations `make check` runs: device options, guest kernel
+/// arguments and the tests each one needs (see testing.rst). A name may be
+/// followed by more options: `deflate-on-oom,stats=2`.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("plain", "tests=balloon+features+oom.kills_without_deflate_on_oom+compaction"),
+    (
+        "deflate-on-oom",
+        "deflate-on-oom,tests=balloon+features+oom.deflates_instead_of_killing",
+    ),
+    (
+        "reporting",
+        "free-page-reporting,stats=2,tests=features+queues+reporting",
+    ),
+    ("hint", "free-page-hint,stats=2,tests=features+queues+hint"),
+    (
+        "hint-reporting",
+        "free-page-hint,free-page-reporting,stats=2,\
+         tests=features+queues+reporting+hint.migration_skips_free_memory",
+    ),
+    (
+        "poison",
+        "free-page-reporting,guest=page_poison=1,tests=features+poison",
+    ),
+    (
+        "poison-unsupported",
+        "free-page-reporting,page-poison=off,guest=page_poison=1,tests=features",
+    ),
+    (
+        "zero-on-free",
+        "free-page-reporting,guest=init_on_free=1,tests=features+poison",
+    ),
+    (
+        "zero-on-free-unsupported",
+        "free-page-reporting,page-poison=off,guest=init_on_free=1,tests=features",
+    ),
+];
+
+/// The tests a configuration runs when it names none: the core suite.
+pub const CORE_TESTS: &str = "balloon";
+
+/// Properties of the balloon device, and of the guest, for one boot.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Device {
     pub deflate_on_oom: bool,
     pub free_page_reporting: bool,
     pub free_page_hint: bool,
+    /// QEMU's `page-poison` property (on by default): offers PAGE_POISON.
+    pub page_poison: bool,
     /// guest-stats-polling-interval in seconds, 0 for off.
     pub stats_interval: u32,
+    /// Extra guest kernel arguments (`guest=init_on_free=1`).
+    pub guest_args: Vec<String>,
+    /// Test selectors for the guest (`FIXTURE` or `FIXTURE.TEST`), passed as
+    /// `vb.tests=`; `tests=a+b` in the option string.
+    pub tests: Vec<String>,
+    /// The preset this came from, if any.
+    pub preset: Option<String>,
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device {
+            deflate_on_oom: false,
+            free_page_reporting: false,
+            free_page_hint: false,
+            page_poison: true,
+            stats_interval: 0,
+            guest_args: vec![],
+            tests: vec![CORE_TESTS.into()],
+            preset: None,
+        }
+    }
 }
 
 impl Device {
     /// Parses a comma-separated list such as `deflate-on-oom,stats=2`;
-    /// `plain` or an empty string is the device with no options.
+    /// `plain` or an empty string is the device with no options. A preset
+    /// name (see [`PRESETS`]) may come first. Options: `deflate-on-oom`,
+    /// `free-page-reporting`, `free-page-hint`, `stats=N`,
+    /// `page-poison=on|off`, `guest=ARG` (repeatable), `tests=SEL+SEL`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut d = Device::default();
-        for opt in s.split(',').filter(|o| !o.is_empty() && *o != "plain") {
-            match opt {
-                "deflate-on-oom" => d.deflate_on_oom = true,
-                "free-page-reporting" => d.free_page_reporting = true,
-                "free-page-hint" => d.free_page_hint = true,
-                _ => match opt.strip_prefix("stats=").map(str::parse) {
-                    Some(Ok(n)) => d.stats_interval = n,
+        let mut opts: Vec<&str> = s.split(',').filter(|o| !o.is_empty()).collect();
+        if let Some((name, spec)) = opts
+            .first()
+            .and_then(|first| PRESETS.iter().find(|(n, _)| n == first))
+        {
+            d.preset = Some(name.to_string());
+            opts.remove(0);
+            let mut all: Vec<&str> = spec.split(',').collect();
+            all.extend(opts);
+            opts = all;
+        }
+        for opt in opts.into_iter().filter(|o| !o.is_empty() && *o != "plain") {
+            let onoff = |v: &str| match v {
+                "on" => Ok(true),
+                "off" => Ok(false),
+                _ => Err(format!("'{opt}': on or off")),
+            };
+            match opt.split_once('=') {
+                None => match opt {
+                    "deflate-on-oom" => d.deflate_on_oom = true,
+                    "free-page-reporting" => d.free_page_reporting = true,
+                    "free-page-hint" => d.free_page_hint = true,
                     _ => return Err(format!("unknown device option '{opt}'")),
                 },
+                Some(("stats", n)) => {
+                    d.stats_interval = n.parse().map_err(|e| format!("'{opt}': {e}"))?
+                }
+                Some(("page-poison", v)) => d.page_poison = onoff(v)?,
+                Some(("guest", arg)) if !arg.is_empty() && !arg.contains(' ') => {
+                    d.guest_args.push(arg.into())
+                }
+                Some(("tests", sel)) => {
+                    d.tests = sel
+                        .split('+')
+                        .filter(|t| !t.is_empty())
+                        .map(String::from)
+                        .collect();
+                    if d.tests.iter().any(|t| !valid_selector(t)) || d.tests.is_empty() {
+                        return Err(format!("'{opt}': FIXTURE or FIXTURE.TEST, joined by +"));
+                    }
+                }
+                _ => return Err(format!("unknown device option '{opt}'")),
             }
         }
         Ok(d)
     }
 
-    /// Short name for tables and log files.
+    /// Short name for tables and log files: the device options and guest
+    /// arguments (not the tests).
     pub fn name(&self) -> String {
         let mut v = Vec::new();
         if self.deflate_on_oom {
@@ -54,8 +155,14 @@ impl Device {
         if self.free_page_hint {
             v.push("free-page-hint".into());
         }
+        if !self.page_poison {
+            v.push("page-poison=off".into());
+        }
         if self.stats_interval > 0 {
             v.push(format!("stats={}", self.stats_interval));
+        }
+        for g in &self.guest_args {
+            v.push(format!("guest={g}"));
         }
         if v.is_empty() {
             "plain".into()
@@ -68,9 +175,10 @@ impl Device {
     pub fn qemu_arg(&self) -> String {
         let onoff = |b: bool| if b { "on" } else { "off" };
         let mut s = format!(
-            "virtio-balloon-pci,id=balloon0,deflate-on-oom={},free-page-reporting={}",
+            "virtio-balloon-pci,id=balloon0,deflate-on-oom={},free-page-reporting={},page-poison={}",
             onoff(self.deflate_on_oom),
-            onoff(self.free_page_reporting)
+            onoff(self.free_page_reporting),
+            onoff(self.page_poison)
         );
         if self.free_page_hint {
             s += ",free-page-hint=on,iothread=iot0";
@@ -79,6 +187,23 @@ impl Device {
             s += &format!(",guest-stats-polling-interval={}", self.stats_interval);
         }
         s
+    }
+
+    /// What the guest kernel command line gets beyond the harness's own
+    /// arguments: `vb.tests=` and the guest arguments.
+    pub fn append(&self) -> String {
+        let mut v = vec![format!("vb.tests={}", self.tests.join(","))];
+        v.extend(self.guest_args.iter().cloned());
+        v.join(" ")
+    }
+}
+
+/// `FIXTURE` or `FIXTURE.TEST`: letters, digits and underscores.
+fn valid_selector(s: &str) -> bool {
+    let ok = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    match s.split_once('.') {
+        Some((f, t)) => ok(f) && ok(t),
+        None => ok(s),
     }
 }
 
@@ -120,8 +245,10 @@ impl Config {
                 &self.initrd.display().to_string(),
                 "-append",
                 &format!(
-                    "console=ttyS0 panic=-1 vb.driver={} vb.mode={}",
-                    self.driver, self.mode
+                    "console=ttyS0 panic=-1 vb.driver={} vb.mode={} {}",
+                    self.driver,
+                    self.mode,
+                    self.device.append()
                 ),
                 "-chardev",
                 &format!("socket,id=con0,path={d}/console.sock,server=on,wait=on"),
@@ -296,13 +423,70 @@ mod tests {
 
     #[test]
     fn device_options() {
-        assert_eq!(Device::parse("plain").unwrap(), Device::default());
+        assert_eq!(Device::parse("").unwrap(), Device::default());
         let d = Device::parse("deflate-on-oom,free-page-hint,stats=2").unwrap();
         assert!(d.deflate_on_oom && d.free_page_hint && !d.free_page_reporting);
         assert_eq!(d.stats_interval, 2);
         assert_eq!(d.name(), "deflate-on-oom,free-page-hint,stats=2");
         assert!(d.qemu_arg().contains("free-page-hint=on,iothread=iot0"));
+        assert!(d.qemu_arg().contains("page-poison=on"));
         assert!(Device::parse("bogus").is_err());
+        assert!(Device::parse("stats=x").is_err());
+    }
+
+    #[test]
+    fn poison_guest_and_tests() {
+        let d = Device::parse(
+            "free-page-reporting,page-poison=off,guest=init_on_free=1,tests=features+oom.a_b",
+        )
+        .unwrap();
+        assert!(!d.page_poison && d.free_page_reporting);
+        assert_eq!(d.guest_args, vec!["init_on_free=1"]);
+        assert_eq!(d.tests, vec!["features", "oom.a_b"]);
+        assert_eq!(
+            d.name(),
+            "free-page-reporting,page-poison=off,guest=init_on_free=1"
+        );
+        assert!(d.qemu_arg().contains("page-poison=off"));
+        assert_eq!(d.append(), "vb.tests=features,oom.a_b init_on_free=1");
+        assert!(Device::parse("page-poison=maybe").is_err());
+        assert!(Device::parse("guest=").is_err());
+        assert!(Device::parse("tests=").is_err());
+        assert!(Device::parse("tests=a.b.c").is_err());
+        assert!(Device::parse("tests=a-b").is_err());
+        assert_eq!(Device::default().append(), "vb.tests=balloon");
+    }
+
+    #[test]
+    fn presets() {
+        let p = Device::parse("plain").unwrap();
+        assert_eq!(p.name(), "plain");
+        assert_eq!(p.preset.as_deref(), Some("plain"));
+        assert_eq!(p.tests[0], "balloon");
+        // A preset name is the same device as its options spelled out.
+        let d = Device::parse("deflate-on-oom,stats=2").unwrap();
+        assert!(d.deflate_on_oom);
+        assert_eq!(d.stats_interval, 2);
+        assert!(d.tests.contains(&"oom.deflates_instead_of_killing".to_string()));
+        let h = Device::parse("hint-reporting").unwrap();
+        assert!(h.free_page_hint && h.free_page_reporting);
+        assert_eq!(
+            h.tests,
+            vec![
+                "features",
+                "queues",
+                "reporting",
+                "hint.migration_skips_free_memory"
+            ]
+        );
+        // Every preset parses, and no two share a name (log files are named after it).
+        let mut names: Vec<String> = PRESETS
+            .iter()
+            .map(|(n, _)| Device::parse(n).unwrap().name())
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), PRESETS.len());
     }
 
     #[test]
@@ -322,7 +506,7 @@ mod tests {
         };
         let a = cfg.qemu_args().join(" ");
         assert!(a.starts_with("-accel tcg -smp 2 -m 1024M"));
-        assert!(a.contains("vb.driver=virtio_balloon vb.mode=check"));
+        assert!(a.contains("vb.driver=virtio_balloon vb.mode=check vb.tests=balloon -chardev"));
         assert!(a.contains("-object iothread,id=iot0 -device virtio-balloon-pci,id=balloon0"));
         assert!(!a.contains("-cpu host"));
         assert!(a.contains("-no-reboot"));

@@ -19,10 +19,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define VIRTIO_ID_BALLOON		5
+#define VIRTIO_BALLOON_F_STATS_VQ	1
 #define VIRTIO_BALLOON_F_DEFLATE_ON_OOM	2
+#define VIRTIO_BALLOON_F_FREE_PAGE_HINT	3
+#define VIRTIO_BALLOON_F_PAGE_POISON	4
+#define VIRTIO_BALLOON_F_REPORTING	5
+#define VIRTIO_F_VERSION_1		32
 #define BALLOON_CTL_PORT		"org.kselftest.balloon"
 #define MIB				(1024LL * 1024)
 /* Long enough for /sys/bus/virtio/devices/virtioN and its attributes. */
@@ -257,6 +264,108 @@ static inline long long kv(const char *answer, const char *key)
 		p += kl;
 	}
 	return KV_ABSENT;
+}
+
+/* The driver under test: $BALLOON_DRV, default virtio_balloon (the C driver). */
+static inline const char *driver_name(void)
+{
+	const char *d = getenv("BALLOON_DRV");
+
+	return d && *d ? d : "virtio_balloon";
+}
+
+static inline int is_c_driver(void)
+{
+	return !strcmp(driver_name(), "virtio_balloon");
+}
+
+/* Fold per-CPU counters so /proc/meminfo and /proc/vmstat are current. */
+static inline void refresh_counters(void)
+{
+	int fd = open("/proc/sys/vm/stat_refresh", O_WRONLY);
+
+	if (fd >= 0) {
+		if (write(fd, "1", 1) < 0)
+			perror("stat_refresh");
+		close(fd);
+	}
+}
+
+/* Writes @val to the sysfs (or procfs) file @path; 0 or -errno. */
+static inline int sysfs_write(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY), r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, val, strlen(val)) < 0)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
+/* A number read from a one-line file, -1 when unreadable. */
+static inline long long read_num(const char *path)
+{
+	char buf[64];
+
+	if (read_line(path, buf, sizeof(buf)))
+		return -1;
+	return strtoll(buf, NULL, 10);
+}
+
+static inline long long now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000LL + t.tv_nsec / 1000000;
+}
+
+/* Milliseconds a fork and exec of a trivial command takes, -1 if it fails. */
+static inline long long run_true_ms(void)
+{
+	long long start = now_ms();
+	int st;
+	pid_t pid;
+
+	pid = fork();
+	if (pid == 0) {
+		execl("/bin/true", "true", NULL);
+		_exit(127);
+	}
+	if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st))
+		return -1;
+	return now_ms() - start;
+}
+
+/*
+ * Test selection: $BALLOON_TESTS (set by the guest's init from vb.tests=) is a
+ * comma-separated list of FIXTURE or FIXTURE.TEST names, turned into the
+ * harness's -f FIXTURE and -r FIXTURE.TEST filters after the program's own
+ * arguments. Without it every test runs. main() passes the result to
+ * test_harness_run().
+ */
+static inline char **balloon_test_args(int *argc, char **argv)
+{
+	const char *env = getenv("BALLOON_TESTS");
+	char *list, *sel, *save = NULL;
+	char **args;
+	int n = *argc;
+
+	if (!env || !*env)
+		return argv;
+	list = strdup(env);
+	args = calloc(*argc + 2 * strlen(env) + 2, sizeof(*args));
+	if (!list || !args)
+		return argv;
+	memcpy(args, argv, *argc * sizeof(*args));
+	for (sel = strtok_r(list, ",", &save); sel; sel = strtok_r(NULL, ",", &save)) {
+		args[n++] = strchr(sel, '.') ? "-r" : "-f";
+		args[n++] = sel;
+	}
+	*argc = n;
+	return args;
 }
 
 #endif /* BALLOON_HOST_H */

@@ -7,9 +7,6 @@
  * (set the target, read QEMU's view) talk to the harness over the
  * org.kselftest.balloon virtio-serial port, and skip without it.
  */
-#include <sys/wait.h>
-#include <time.h>
-
 #include "kselftest_harness.h"
 #include "balloon_host.h"
 
@@ -30,25 +27,6 @@
  * than one that gets the host's answer.
  */
 #define BALLOON_TEST_TIMEOUT	200
-
-static const char *driver_name(void)
-{
-	const char *d = getenv("BALLOON_DRV");
-
-	return d && *d ? d : "virtio_balloon";
-}
-
-/* Fold per-CPU counters so /proc/meminfo and /proc/vmstat are current. */
-static void refresh_counters(void)
-{
-	int fd = open("/proc/sys/vm/stat_refresh", O_WRONLY);
-
-	if (fd >= 0) {
-		if (write(fd, "1", 1) < 0)
-			perror("stat_refresh");
-		close(fd);
-	}
-}
 
 struct balloon_ctx {
 	char dev[DEV_PATH_MAX];
@@ -114,19 +92,6 @@ static void expect_balloon(struct __test_metadata *_metadata,
 	EXPECT_EQ(self->deflate_on_oom ? total0 : total0 - bytes, proc_meminfo("MemTotal"));
 }
 
-/* Writes @val to the sysfs file @path; 0 or -errno. */
-static int sysfs_write(const char *path, const char *val)
-{
-	int fd = open(path, O_WRONLY), r = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (write(fd, val, strlen(val)) < 0)
-		r = -errno;
-	close(fd);
-	return r;
-}
-
 /* Waits up to @secs for the guest's balloon to be @bytes and the host to agree. */
 static int wait_balloon(struct balloon_ctx *self, long long bytes, int secs)
 {
@@ -138,25 +103,6 @@ static int wait_balloon(struct balloon_ctx *self, long long bytes, int secs)
 		usleep(100 * 1000);
 	}
 	return -1;
-}
-
-/* Milliseconds a fork and exec of a trivial command takes, -1 if it fails. */
-static long long run_true_ms(void)
-{
-	struct timespec a, b;
-	int st;
-	pid_t pid;
-
-	clock_gettime(CLOCK_MONOTONIC, &a);
-	pid = fork();
-	if (pid == 0) {
-		execl("/bin/true", "true", NULL);
-		_exit(127);
-	}
-	if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st))
-		return -1;
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	return (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000;
 }
 
 TEST_F_TIMEOUT(balloon, driver_bound, BALLOON_TEST_TIMEOUT)
@@ -472,4 +418,9 @@ TEST_F_TIMEOUT(balloon, stats_follow_polling_interval, 120)
 	EXPECT_GE(3, hi);
 }
 
-TEST_HARNESS_MAIN
+int main(int argc, char **argv)
+{
+	char **args = balloon_test_args(&argc, argv);
+
+	return test_harness_run(argc, args);
+}
