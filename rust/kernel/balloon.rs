@@ -252,10 +252,13 @@ pub fn free_pages_have_contents() -> bool {
 /// `init_on_free`, the `PAGE_POISON` pattern with page poisoning, `None` when free pages have
 /// no defined contents (see [`free_pages_have_contents`]).
 pub fn poison_value() -> Option<u32> {
-    // SAFETY: FFI calls without preconditions.
-    if unsafe { bindings::want_init_on_free() } {
+    // SAFETY: FFI call without preconditions.
+    let init_on_free = unsafe { bindings::want_init_on_free() };
+    // SAFETY: FFI call without preconditions.
+    let poisoning = unsafe { bindings::page_poisoning_enabled_static() };
+    if init_on_free {
         Some(0)
-    } else if unsafe { bindings::page_poisoning_enabled_static() } {
+    } else if poisoning {
         Some(u32::from_ne_bytes([bindings::PAGE_POISON as u8; 4]))
     } else {
         None

@@ -43,7 +43,8 @@ struct Inner<T: OomNotify> {
 /// A registered OOM notifier (`register_oom_notifier()`); dropping it unregisters it.
 ///
 /// Unregistering waits until no call of the notifier runs any more (the notifier chain is a
-/// blocking one), so the data it holds outlives every call.
+/// blocking one), so the data it holds outlives every call. Dropping it sleeps: process context
+/// only.
 ///
 /// # Examples
 ///
@@ -110,7 +111,8 @@ unsafe extern "C" fn notifier_call<T: OomNotify>(
 ) -> c_int {
     // SAFETY: `nb` is the `nb` field of a pinned `Inner<T>` (`Opaque` is transparent), which
     // stays alive while registered.
-    let inner = unsafe { &*container_of!(nb.cast::<Opaque<bindings::notifier_block>>(), Inner<T>, nb) };
+    let inner =
+        unsafe { &*container_of!(nb.cast::<Opaque<bindings::notifier_block>>(), Inner<T>, nb) };
     let freed = inner.data.out_of_memory();
     // SAFETY: `out_of_memory()` passes the address of its `unsigned long freed`.
     unsafe { *parm.cast::<c_ulong>() += freed as c_ulong };

@@ -80,7 +80,7 @@ struct Inner<T: Report> {
 /// A registered page reporting device; dropping it unregisters it.
 ///
 /// Unregistering cancels the reporting work and waits for a running report to finish, so the
-/// data outlives every call of [`Report::report`].
+/// data outlives every call of [`Report::report`]. Dropping it sleeps: process context only.
 pub struct Registration<T: Report>(Pin<KBox<Inner<T>>>);
 
 // SAFETY: The registration may be dropped from any thread; the data is `Send + Sync`.

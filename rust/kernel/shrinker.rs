@@ -14,12 +14,7 @@
 //! a lock that is held across such an allocation: reclaim could then wait for itself. Several
 //! calls may run at once, on different CPUs.
 
-use crate::{
-    bindings,
-    ffi::c_ulong,
-    prelude::*,
-    sync::Arc,
-};
+use crate::{bindings, ffi::c_ulong, prelude::*, sync::Arc};
 use core::{marker::PhantomData, ptr::NonNull};
 
 /// Objects a [`Shrinker`] can free.
@@ -35,7 +30,8 @@ pub trait Shrink: Send + Sync {
 /// A registered shrinker (`shrinker_alloc()`, `shrinker_register()`); dropping it frees it.
 ///
 /// The shrinker holds a reference to its data; `shrinker_free()` in `drop` waits until no
-/// callback runs any more, then the reference is released. With `CONFIG_SHRINKER_DEBUG` it
+/// callback runs any more, then the reference is released; dropping it sleeps (process context
+/// only). With `CONFIG_SHRINKER_DEBUG` it
 /// shows in debugfs as `shrinker/NAME-ID/{count,scan}`.
 ///
 /// # Invariants
@@ -121,6 +117,12 @@ unsafe fn data<'a, T: Shrink>(s: *mut bindings::shrinker) -> &'a T {
     unsafe { &*(*s).private_data.cast::<T>() }
 }
 
+/// `count_objects` of a `Shrinker<T>`.
+///
+/// # Safety
+///
+/// Only reclaim calls it, for a shrinker registered by `Shrinker::<T>::register` that it holds a
+/// reference to.
 unsafe extern "C" fn count_callback<T: Shrink>(
     s: *mut bindings::shrinker,
     _sc: *mut bindings::shrink_control,
@@ -129,12 +131,17 @@ unsafe extern "C" fn count_callback<T: Shrink>(
     unsafe { data::<T>(s) }.count() as c_ulong
 }
 
+/// `scan_objects` of a `Shrinker<T>`.
+///
+/// # Safety
+///
+/// As for `count_callback`, and `sc` must be valid for the call.
 unsafe extern "C" fn scan_callback<T: Shrink>(
     s: *mut bindings::shrinker,
     sc: *mut bindings::shrink_control,
 ) -> c_ulong {
     // SAFETY: Reclaim passes a valid `shrink_control` for this call.
-    let nr = unsafe { (*sc).nr_to_scan } as usize;
+    let nr = unsafe { (*sc).nr_to_scan };
     // SAFETY: As in `count_callback`.
     match unsafe { data::<T>(s) }.scan(nr) {
         Some(freed) => freed as c_ulong,

@@ -62,6 +62,9 @@ use core::{
 /// Most virtqueues a driver can ask for.
 pub const MAX_QUEUES: usize = 8;
 
+/// Feature bits the core keeps (`VIRTIO_FEATURES_BITS`).
+const FEATURE_BITS: u32 = bindings::VIRTIO_FEATURES_U64S * 64;
+
 /// An adapter for the registration of virtio drivers.
 pub struct Adapter<T: Driver>(T);
 
@@ -124,7 +127,7 @@ impl<T: Driver + 'static> Adapter<T> {
         // have left its (freed) pointer there.
         //
         // SAFETY: `vdev` is valid and no driver uses it now.
-        unsafe { (*vdev).priv_ = core::ptr::null_mut() };
+        unsafe { core::ptr::write_volatile(addr_of_mut!((*vdev).priv_), core::ptr::null_mut()) };
         let r = from_result(|| {
             dev.as_ref()
                 .set_drvdata(T::probe(dev, QueueFinder(PhantomData)))?;
@@ -149,7 +152,8 @@ impl<T: Driver + 'static> Adapter<T> {
             // SAFETY: `vdev` is valid and nothing of the driver runs any more.
             unsafe { Transport::kill(vdev) };
             // SAFETY: As above.
-            if unsafe { bindings::virtio_get_status(vdev) } & bindings::VIRTIO_CONFIG_S_DRIVER_OK as u8
+            if unsafe { bindings::virtio_get_status(vdev) }
+                & bindings::VIRTIO_CONFIG_S_DRIVER_OK as u8
                 != 0
             {
                 // SAFETY: As above.
@@ -195,8 +199,9 @@ impl<T: Driver + 'static> Adapter<T> {
         // SAFETY: `vring_interrupt` passes a valid queue of a live device.
         let vdev = unsafe { (*vq).vdev };
         // SAFETY: `priv` is NULL or the bus's reference to the transport of these queues, set
-        // before the device went live and dropped only after the queues are reset (which
-        // waits for running callbacks): the transport outlives this call.
+        // before the device went live and released only after `del_vqs` (whose `free_irq`
+        // waits for running callbacks), or while the transport is kept alive across it: the
+        // transport outlives this call. Writers use volatile stores too.
         let t = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*vdev).priv_)) };
         if !t.is_null() {
             // SAFETY: `priv` came from `Arc::<Transport>::into_foreign` and is not released
@@ -347,7 +352,10 @@ pub trait Driver {
 
     /// Called once the device is live, after `probe`: queue callbacks may come from now on.
     /// An error fails the probe: the bus then calls [`Driver::unbind`] and resets the device.
-    fn ready<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) -> Result {
+    fn ready<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
         let _ = (dev, this);
         Ok(())
     }
@@ -414,10 +422,11 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
         self.0.get()
     }
 
-    /// Whether feature `bit` was negotiated.
+    /// Whether feature `bit` was negotiated (false for bits past the 128 the core knows).
     pub fn has_feature(&self, bit: u32) -> bool {
-        // SAFETY: By the type invariant `self.as_raw()` is valid; the helper only tests a bit.
-        unsafe { bindings::__virtio_test_bit(self.as_raw(), bit) }
+        // SAFETY: By the type invariant `self.as_raw()` is valid; the helper only tests a bit,
+        // which is within the feature array (it BUG()s otherwise).
+        bit < FEATURE_BITS && unsafe { bindings::__virtio_test_bit(self.as_raw(), bit) }
     }
 
     /// Whether the device uses little-endian virtqueue payloads (VERSION_1, or a legacy device
@@ -498,10 +507,14 @@ impl Features<'_> {
         self.0.has_feature(bit)
     }
 
-    /// Drops feature `bit` from the negotiated set.
+    /// Drops feature `bit` from the negotiated set (bits past the 128 the core knows are
+    /// never set).
     pub fn clear(&self, bit: u32) {
+        if bit >= FEATURE_BITS {
+            return;
+        }
         // SAFETY: By the type invariant the device is valid, and `validate` runs under the
-        // device lock before the features are final.
+        // device lock before the features are final; `bit` is within the feature array.
         unsafe { bindings::__virtio_clear_bit(self.0.as_raw(), bit) }
     }
 }
@@ -535,7 +548,7 @@ impl<T: Driver + 'static> QueueFinder<T> {
             pin_init!(Transport {
                 vdev,
                 config_size: size_of::<T::Config>(),
-                state <- new_mutex!(State { alive: false, queues: [None; MAX_QUEUES] }),
+                state <- new_mutex!(State { alive: false, bus_ref: false, queues: [None; MAX_QUEUES] }),
                 used <- new_spinlock_irq!(0),
                 used_cv <- new_condvar!(),
             }),
@@ -562,12 +575,22 @@ impl<T: Driver + 'static> QueueFinder<T> {
                 core::ptr::null_mut(),
             )
         })?;
-        transport.state.lock().alive = true;
+        {
+            let mut state = transport.state.lock();
+            state.alive = true;
+            state.bus_ref = true;
+        }
         // The bus holds one reference in `priv`, so it can delete the queues at `remove` even if
         // the driver still holds (or leaks) its own.
         //
-        // SAFETY: `vdev` is valid; `priv` was NULL (checked above).
-        unsafe { (*vdev).priv_ = transport.clone().into_foreign().cast() };
+        // SAFETY: `vdev` is valid; `priv` was NULL (checked above). Queue callbacks read it
+        // concurrently (volatile).
+        unsafe {
+            core::ptr::write_volatile(
+                addr_of_mut!((*vdev).priv_),
+                transport.clone().into_foreign().cast(),
+            )
+        };
         for (slot, vq) in raw.iter().take(queues.len()).enumerate() {
             let h = NonNull::new(*vq).map(|vq| VqHandle {
                 vq,
@@ -640,6 +663,8 @@ struct QueueEntry {
 
 struct State {
     alive: bool,
+    /// Whether `vdev->priv` holds the bus's reference to this transport.
+    bus_ref: bool,
     queues: [Option<QueueEntry>; MAX_QUEUES],
 }
 
@@ -680,7 +705,9 @@ impl Transport {
     /// with a feature, that the feature was negotiated: only then does the device expose it.
     fn check_config(&self, vdev: *mut bindings::virtio_device, field: ConfigField) -> Result<u32> {
         // SAFETY: `vdev` is valid while the transport is alive (the caller holds the lock).
-        field.offset_in(self.config_size, |bit| unsafe { bindings::__virtio_test_bit(vdev, bit) })
+        field.offset_in(self.config_size, |bit| unsafe {
+            bindings::__virtio_test_bit(vdev, bit)
+        })
     }
 
     /// Reads the little-endian 32-bit config field `field`. May sleep.
@@ -721,7 +748,8 @@ impl Transport {
         let mut used = self.used.lock();
         if *used == seen {
             let jiffies = crate::time::msecs_to_jiffies(timeout.as_millis() as u32);
-            let _ = self.used_cv.wait_interruptible_timeout(&mut used, jiffies);
+            // Uninterruptible: a pending signal must not turn the wait into a busy loop.
+            let _ = self.used_cv.wait_timeout(&mut used, jiffies);
         }
     }
 
@@ -733,9 +761,13 @@ impl Transport {
             return;
         }
         self.delete_locked();
-        // SAFETY: `dev` is bound and we hold its device lock (Core); `priv` is NULL or the
-        // bus's reference to this device's transport, which is deleted now.
-        unsafe { Self::release_bus_ref(self.vdev) };
+        // Only this transport's own reference: after a `restore`, `priv` may hold a newer one.
+        let had_ref = core::mem::replace(&mut self.state.lock().bus_ref, false);
+        if had_ref {
+            // SAFETY: `dev` is bound and we hold its device lock (Core); `priv` holds the bus's
+            // reference to this transport (`bus_ref`), whose queues are deleted now.
+            unsafe { Self::release_bus_ref(self.vdev) };
+        }
     }
 
     /// Drops the bus's reference in `priv`, if any, and returns it.
@@ -749,8 +781,9 @@ impl Transport {
         if p.is_null() {
             return None;
         }
-        // SAFETY: By the safety requirements `vdev` is valid.
-        unsafe { (*vdev).priv_ = core::ptr::null_mut() };
+        // SAFETY: By the safety requirements `vdev` is valid. Queue callbacks read it
+        // concurrently (volatile).
+        unsafe { core::ptr::write_volatile(addr_of_mut!((*vdev).priv_), core::ptr::null_mut()) };
         // SAFETY: `priv` holds the reference `find_vqs` leaked with `into_foreign`.
         Some(unsafe { Arc::<Transport>::from_foreign(p.cast()) })
     }
@@ -788,6 +821,7 @@ impl Transport {
     unsafe fn kill(vdev: *mut bindings::virtio_device) {
         // SAFETY: By the safety requirements.
         if let Some(t) = unsafe { Self::release_bus_ref(vdev) } {
+            t.state.lock().bus_ref = false;
             t.delete_locked();
         }
     }
@@ -994,6 +1028,14 @@ pub const REPORT_STALL: Delta = Delta::from_secs(10);
 pub struct PageQueue {
     vq: NonNull<bindings::virtqueue>,
     transport: Arc<Transport>,
+    /// Whether the ring passes guest physical addresses (no DMA mapping): only then may a
+    /// hinted block be freed while its descriptor is on the ring.
+    hints_ok: bool,
+    /// Report buffers the device gave back so far (counted under the transport lock).
+    reports_done: core::sync::atomic::AtomicU64,
+    /// Set while a report is in flight: completions are only counted, so two reports at once
+    /// could not tell whose came back.
+    reporting: core::sync::atomic::AtomicBool,
 }
 
 // SAFETY: All access to the queue goes through the transport's mutex.
@@ -1012,10 +1054,18 @@ impl PageQueue {
             vq: handle.vq,
             free: free_page_queue_token,
         });
+        let vq = handle.vq.as_ptr();
+        // SAFETY: The queue and its device are live (we hold the lock with `alive`).
+        let hints_ok = unsafe {
+            bindings::virtqueue_dma_dev(vq).is_null() && (*(*vq).vdev).map.is_null()
+        };
         drop(state);
         Ok(Self {
             vq: handle.vq,
             transport: handle.transport,
+            hints_ok,
+            reports_done: core::sync::atomic::AtomicU64::new(0),
+            reporting: core::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1028,29 +1078,28 @@ impl PageQueue {
         Ok(f(self.vq.as_ptr()))
     }
 
-    /// Takes every used buffer off the ring, freeing command id buffers; returns how many
-    /// report buffers were among them.
-    fn drain_locked(vq: *mut bindings::virtqueue) -> usize {
-        let mut reports = 0;
+    /// Takes every used buffer off the ring, freeing command id buffers and counting report
+    /// buffers in `reports_done`. The caller holds the transport lock with the queue alive.
+    fn drain_locked(&self, vq: *mut bindings::virtqueue) {
         loop {
             let mut len = 0u32;
             // SAFETY: The caller holds the transport lock with the queue alive.
             let token = unsafe { bindings::virtqueue_get_buf(vq, &mut len) };
             if token.is_null() {
-                return reports;
+                return;
             }
             if token == report_token() {
-                reports += 1;
+                self.reports_done
+                    .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
             }
             // SAFETY: Every token on this queue is a hint or report token or a command id box.
             unsafe { free_page_queue_token(token) };
         }
     }
 
-    /// Takes the buffers the device is done with off the ring. Returns how many report buffers
-    /// came back (0 when the queue is gone).
-    pub fn drain(&self) -> usize {
-        self.with_live(Self::drain_locked).unwrap_or(0)
+    /// Takes the buffers the device is done with off the ring.
+    pub fn drain(&self) {
+        let _ = self.with_live(|vq| self.drain_locked(vq));
     }
 
     /// Gives the device a 32-bit command id to read (`id` already in the device's byte order).
@@ -1076,14 +1125,27 @@ impl PageQueue {
 
     /// Tells the device that `block` is free (a device-writable buffer, as the hinting protocol
     /// has it). See the type documentation for why the block may be freed at any time.
+    ///
+    /// `EOPNOTSUPP` when the ring maps buffers for DMA (an IOMMU, Xen grants, a custom map):
+    /// a mapping could then outlive a freed block.
     #[cfg(CONFIG_BALLOON)]
     pub fn add_hint(&self, block: &crate::balloon::HintBlock) -> Result {
+        if !self.hints_ok {
+            return Err(EOPNOTSUPP);
+        }
         self.with_live(|vq| {
             let mut sg = bindings::scatterlist::default();
             // SAFETY: The block is `HintBlock::BYTES` of linearly mapped memory.
-            unsafe { bindings::sg_init_one(&mut sg, block.addr(), crate::balloon::HintBlock::BYTES as u32) };
-            // SAFETY: The queue is live. The token is never dereferenced; the device only
-            // learns the range, which it does not access (see the type documentation).
+            unsafe {
+                bindings::sg_init_one(
+                    &mut sg,
+                    block.addr(),
+                    crate::balloon::HintBlock::BYTES as u32,
+                )
+            };
+            // SAFETY: The queue is live and passes physical addresses (`hints_ok`: nothing is
+            // mapped that could outlive the block). The token is never dereferenced; the device
+            // only learns the range, which it does not access (see the type documentation).
             to_result(unsafe {
                 bindings::virtqueue_add_inbuf(vq, &mut sg, 1, hint_token(), bindings::GFP_KERNEL)
             })
@@ -1096,21 +1158,37 @@ impl PageQueue {
     /// with the time waited so far, so the caller can say that the host is not answering.
     ///
     /// `ENODEV` when the queue is gone, before or during the wait; `ENOSPC` when the ring has
-    /// no room for `pages.nents()` descriptors. Only one report may be in flight at a time.
+    /// no room for `pages.nents()` descriptors; `EBUSY` while another report is in flight.
     #[cfg(CONFIG_PAGE_REPORTING)]
     pub fn report(
         &self,
         pages: &crate::page_reporting::ReportedPages<'_>,
+        stalled: impl FnMut(Delta),
+    ) -> Result {
+        use core::sync::atomic::Ordering::AcqRel;
+        if self.reporting.swap(true, AcqRel) {
+            return Err(EBUSY);
+        }
+        let r = self.report_one(pages, stalled);
+        self.reporting.store(false, core::sync::atomic::Ordering::Release);
+        r
+    }
+
+    #[cfg(CONFIG_PAGE_REPORTING)]
+    fn report_one(
+        &self,
+        pages: &crate::page_reporting::ReportedPages<'_>,
         mut stalled: impl FnMut(Delta),
     ) -> Result {
-        self.with_live(|vq| {
-            // Buffers used earlier (a report abandoned by a deleted queue cannot be one: the
-            // queue would be gone) must not be taken for this one.
-            Self::drain_locked(vq);
+        use core::sync::atomic::Ordering::Relaxed;
+        let before = self.with_live(|vq| {
+            self.drain_locked(vq);
+            let before = self.reports_done.load(Relaxed);
             // SAFETY: The queue is live. `pages` holds `nents` valid entries describing free
             // blocks the page allocator isolated for the duration of our caller's callback;
-            // this function returns only once the device no longer uses them. `GFP_NOWAIT`:
-            // indirect descriptors are off for this driver, so nothing is allocated anyway.
+            // this function returns only once the device no longer uses them. `GFP_NOWAIT`: no
+            // sleeping allocation for indirect descriptors (the core falls back to direct
+            // ones, and `ENOSPC` when those do not fit).
             let r = unsafe {
                 bindings::virtqueue_add_inbuf(
                     vq,
@@ -1124,23 +1202,23 @@ impl PageQueue {
                 // SAFETY: The queue is live.
                 unsafe { bindings::virtqueue_kick(vq) };
             }
-            to_result(r)
+            to_result(r).map(|()| before)
         })??;
         let start = Instant::<Monotonic>::now();
         let mut next_stall = REPORT_STALL;
         loop {
             let seen = *self.transport.used.lock();
-            match self.with_live(Self::drain_locked) {
-                Ok(0) => {}
-                Ok(_) => return Ok(()),
-                // Deleted: the device was reset before the ring was freed; the pages are ours.
-                Err(e) => return Err(e),
+            // Counted under the lock, whoever drained: one report is in flight at a time.
+            // Deleted: the device was reset before the ring was freed; the pages are ours.
+            self.with_live(|vq| self.drain_locked(vq))?;
+            if self.reports_done.load(Relaxed) != before {
+                return Ok(());
             }
             self.transport.wait_used(seen, Delta::from_millis(1000));
             let waited = Instant::<Monotonic>::now() - start;
             if waited >= next_stall {
                 stalled(waited);
-                next_stall = next_stall + REPORT_STALL;
+                next_stall += REPORT_STALL;
             }
         }
     }
@@ -1227,7 +1305,10 @@ mod tests {
         // Past the end, unaligned, and `offset + len` wrapping around.
         assert_eq!(ConfigField::le32(16, None).offset_in(16, yes), Err(EINVAL));
         assert_eq!(ConfigField::le32(2, None).offset_in(16, yes), Err(EINVAL));
-        assert_eq!(ConfigField::le32(usize::MAX - 1, None).offset_in(usize::MAX, yes), Err(EINVAL));
+        assert_eq!(
+            ConfigField::le32(usize::MAX - 1, None).offset_in(usize::MAX, yes),
+            Err(EINVAL)
+        );
     }
 
     #[test]

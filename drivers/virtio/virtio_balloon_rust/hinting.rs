@@ -42,9 +42,10 @@ pub(super) struct Hinting {
     /// The id of the run in progress, or of the last one (CPU order).
     active: AtomicU32,
     /// Hinted blocks, kept off the allocator until DONE. Never held across an allocation
-    /// that can reclaim: the shrinker takes it.
+    /// that can reclaim: the shrinker takes it. (kvmalloc'ed: a 1 TiB guest holds 256 Ki
+    /// blocks, 2 MiB of pointers.)
     #[pin]
-    blocks: SpinLock<KVec<HintBlock>>,
+    blocks: SpinLock<KVVec<HintBlock>>,
     #[pin]
     msg: Mutex<RateLimit>,
 }
@@ -56,7 +57,7 @@ impl Hinting {
             read_cmd_id: AtomicBool::new(false),
             received: AtomicU32::new(CMD_ID_STOP),
             active: AtomicU32::new(CMD_ID_STOP),
-            blocks <- new_spinlock!(KVec::new()),
+            blocks <- new_spinlock!(KVVec::new()),
             msg <- new_mutex!(RateLimit::new()),
         })
     }
@@ -70,13 +71,40 @@ impl Hinting {
     fn held(&self) -> usize {
         self.blocks.lock().len()
     }
+
+    /// Makes room for one more block in the list, growing it outside the lock (the growth may
+    /// reclaim, and reclaim calls the shrinker, which takes the lock).
+    fn reserve_one(&self) -> Result {
+        let (len, cap) = {
+            let blocks = self.blocks.lock();
+            (blocks.len(), blocks.capacity())
+        };
+        if len < cap {
+            return Ok(());
+        }
+        let mut bigger = KVVec::with_capacity((cap * 2).max(64), GFP_KERNEL)?;
+        let mut blocks = self.blocks.lock();
+        // Only the hint work adds blocks; the shrinker may have taken some meanwhile.
+        while let Some(b) = blocks.pop() {
+            // Within the capacity just reserved: does not allocate.
+            let _ = bigger.push(b, GFP_NOWAIT);
+        }
+        core::mem::swap(&mut *blocks, &mut bigger);
+        drop(blocks);
+        // `bigger` is now the old, empty list.
+        Ok(())
+    }
 }
 
 impl Balloon {
     /// The latest cmd id, read from the config space if it changed.
     fn cmd_id_received(&self) -> u32 {
         if self.hint.read_cmd_id.swap(false, Ordering::AcqRel) {
-            if let Ok(id) = self.link().transport().read_config_le32(CFG_FREE_PAGE_HINT_CMD_ID) {
+            if let Ok(id) = self
+                .link()
+                .transport()
+                .read_config_le32(CFG_FREE_PAGE_HINT_CMD_ID)
+            {
                 self.hint.received.store(id, Ordering::Relaxed);
             }
         }
@@ -98,7 +126,12 @@ impl Balloon {
 
     fn hint_message(&self, args: core::fmt::Arguments<'_>) {
         if let Some(suppressed) = self.hint.msg.lock().allow(MESSAGE_INTERVAL) {
-            dev_warn!(self.dev(), "free page hinting: {} ({} messages suppressed)\n", args, suppressed);
+            dev_warn!(
+                self.dev(),
+                "free page hinting: {} ({} messages suppressed)\n",
+                args,
+                suppressed
+            );
         }
     }
 
@@ -131,16 +164,27 @@ impl Balloon {
                 continue;
             }
             full_since = None;
+            if let Err(e) = self.hint.reserve_one() {
+                self.hint_message(format_args!("cannot grow the hint list: {:?}", e));
+                break;
+            }
             // Only memory that is free right now: hinting never reclaims.
-            let Some(block) = HintBlock::alloc() else { break };
+            let Some(block) = HintBlock::alloc() else {
+                break;
+            };
             if let Err(e) = vq.add_hint(&block) {
                 self.hint_message(format_args!("cannot queue a hint: {:?}", e));
                 break;
             }
             vq.kick();
-            // No reclaim under the lock. If the list cannot grow, the block goes back at once:
-            // a hinted block may be freed at any time (the host only skips copying it).
-            if self.hint.blocks.lock().push(block, GFP_NOWAIT | __GFP_NOWARN).is_err() {
+            // Room was reserved above and only this work adds blocks: this does not allocate.
+            if self
+                .hint
+                .blocks
+                .lock()
+                .push(block, GFP_NOWAIT | __GFP_NOWARN)
+                .is_err()
+            {
                 break;
             }
         }

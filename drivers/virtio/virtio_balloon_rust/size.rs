@@ -156,13 +156,15 @@ impl HostLink {
             }
             let mut acked = self.acked.lock();
             if *acked == seen {
+                // Uninterruptible, as the C driver's wait_event(): the OOM notifier calls this
+                // from a task that may have a fatal signal pending.
                 let timeout = kernel::time::msecs_to_jiffies(1000);
-                let _ = self.acked_cv.wait_interruptible_timeout(&mut acked, timeout);
+                let _ = self.acked_cv.wait_timeout(&mut acked, timeout);
             }
             drop(acked);
             let waited = Instant::<Monotonic>::now() - start;
             if waited >= next_stall {
-                next_stall = next_stall + ACK_STALL;
+                next_stall += ACK_STALL;
                 if let Some(n) = self.stall_msg.lock().allow(MESSAGE_INTERVAL) {
                     dev_warn!(
                         self.dev(),
@@ -248,19 +250,32 @@ impl Balloon {
             .write_config_le32(CFG_ACTUAL, self.num_pages());
     }
 
+    /// Queues the size work unless the device is going away.
     pub(super) fn queue_size_work(this: &Arc<Self>) {
+        let stop = this.stop_update.lock();
+        if !*stop {
+            Self::enqueue_size_work(this);
+        }
+    }
+
+    /// Queues the size work; the caller holds `stop_update` and found it clear.
+    pub(super) fn enqueue_size_work(this: &Arc<Self>) {
         // Already queued is fine: one run reads the latest target.
         let _ = workqueue::system_freezable().enqueue::<Arc<Self>, 0>(this.clone());
     }
 
     /// Runs the size work again after `wait` (or at once, if a target change queues it).
     fn retry_size_work(this: &Arc<Self>, wait: Delta) {
-        if *this.stop_update.lock() {
+        // Checked and queued under the lock, so `quiesce` cannot miss it.
+        let stop = this.stop_update.lock();
+        if *stop {
             return;
         }
-        let jiffies = kernel::time::msecs_to_jiffies(wait.as_millis().clamp(1, i64::from(u32::MAX)) as u32);
+        let jiffies =
+            kernel::time::msecs_to_jiffies(wait.as_millis().clamp(1, i64::from(u32::MAX)) as u32);
         // Already pending is fine: the earlier retry runs the size work as well.
-        let _ = workqueue::system_freezable().enqueue_delayed::<Arc<Self>, 3>(this.clone(), jiffies);
+        let _ =
+            workqueue::system_freezable().enqueue_delayed::<Arc<Self>, 3>(this.clone(), jiffies);
     }
 
     pub(super) fn update_balloon_size_work(this: &Arc<Self>) {
@@ -320,6 +335,10 @@ impl Balloon {
 
     /// Inflates by up to `num` 4 KiB pages (at most one message); returns how many.
     fn fill(&self, num: u64) -> u32 {
+        // No message buffer: a send was cut off by the device going away.
+        if self.link().balloon_lock.lock().pfns.is_none() {
+            return 0;
+        }
         let num = min(num, ARRAY_PFNS_MAX as u64) as u32;
         let mut new_pages = self.size.filling.lock();
         let mut got = 0;
@@ -362,6 +381,10 @@ impl Balloon {
         let link = self.link();
         let mut inner = link.balloon_lock.lock();
         let inner = &mut *inner;
+        // No message buffer: a send was cut off by the device going away; nothing can be told.
+        if inner.pfns.is_none() {
+            return 0;
+        }
         let num = min(min(num, ARRAY_PFNS_MAX as u64), u64::from(inner.num_pages)) as u32;
         let mut n = 0;
         while (n as u32) < num {

@@ -39,8 +39,14 @@ impl Balloon {
         {
             use vmstat::{Event, NodeStat};
             let ev = vmstat::Events::now();
-            put(bindings::VIRTIO_BALLOON_S_SWAP_IN, bytes(ev.get(Event::SwapIn)));
-            put(bindings::VIRTIO_BALLOON_S_SWAP_OUT, bytes(ev.get(Event::SwapOut)));
+            put(
+                bindings::VIRTIO_BALLOON_S_SWAP_IN,
+                bytes(ev.get(Event::SwapIn)),
+            );
+            put(
+                bindings::VIRTIO_BALLOON_S_SWAP_OUT,
+                bytes(ev.get(Event::SwapOut)),
+            );
             put(bindings::VIRTIO_BALLOON_S_MAJFLT, ev.get(Event::MajorFault));
             put(bindings::VIRTIO_BALLOON_S_MINFLT, ev.get(Event::Fault));
             put(bindings::VIRTIO_BALLOON_S_OOM_KILL, ev.get(Event::OomKill));
@@ -48,15 +54,27 @@ impl Balloon {
             for (tag, counter) in [
                 (bindings::VIRTIO_BALLOON_S_ASYNC_SCAN, NodeStat::ScanKswapd),
                 (bindings::VIRTIO_BALLOON_S_DIRECT_SCAN, NodeStat::ScanDirect),
-                (bindings::VIRTIO_BALLOON_S_ASYNC_RECLAIM, NodeStat::StealKswapd),
-                (bindings::VIRTIO_BALLOON_S_DIRECT_RECLAIM, NodeStat::StealDirect),
+                (
+                    bindings::VIRTIO_BALLOON_S_ASYNC_RECLAIM,
+                    NodeStat::StealKswapd,
+                ),
+                (
+                    bindings::VIRTIO_BALLOON_S_DIRECT_RECLAIM,
+                    NodeStat::StealDirect,
+                ),
             ] {
                 put(tag, bytes(vmstat::node_page_state(counter)));
             }
             #[cfg(CONFIG_HUGETLB_PAGE)]
             {
-                put(bindings::VIRTIO_BALLOON_S_HTLB_PGALLOC, ev.get(Event::HugetlbAlloc));
-                put(bindings::VIRTIO_BALLOON_S_HTLB_PGFAIL, ev.get(Event::HugetlbAllocFail));
+                put(
+                    bindings::VIRTIO_BALLOON_S_HTLB_PGALLOC,
+                    ev.get(Event::HugetlbAlloc),
+                );
+                put(
+                    bindings::VIRTIO_BALLOON_S_HTLB_PGFAIL,
+                    ev.get(Event::HugetlbAllocFail),
+                );
             }
         }
         let mem = vmstat::meminfo();
@@ -73,7 +91,8 @@ impl Balloon {
     /// Fills `buf` with fresh statistics and gives it to the host.
     fn send_stats(&self, vq: &Virtqueue<StatsBuf>, mut buf: KBox<StatsBuf>) -> Result {
         let len = self.update_stats(&mut buf);
-        vq.add_outbuf(buf, len).map_err(|virtio::AddError(e, _)| e)?;
+        vq.add_outbuf(buf, len)
+            .map_err(|virtio::AddError(e, _)| e)?;
         vq.kick();
         Ok(())
     }

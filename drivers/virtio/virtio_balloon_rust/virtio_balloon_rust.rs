@@ -32,8 +32,7 @@ mod stats;
 use core::mem::offset_of;
 use kernel::{
     balloon::{self, BalloonPages},
-    bindings, device, new_mutex, new_spinlock_irq,
-    oom as oom_notifier, page_reporting,
+    bindings, device, new_mutex, new_spinlock_irq, oom as oom_notifier, page_reporting,
     prelude::*,
     shrinker::Shrinker,
     sync::{Arc, Mutex, SpinLockIrq},
@@ -186,7 +185,10 @@ impl WorkItem<3> for Balloon {
 }
 
 impl Balloon {
-    fn new(dev: &virtio::Device<device::Core<'_>>, finder: QueueFinder<BalloonDriver>) -> Result<Arc<Self>> {
+    fn new(
+        dev: &virtio::Device<device::Core<'_>>,
+        finder: QueueFinder<BalloonDriver>,
+    ) -> Result<Arc<Self>> {
         if !dev.has_config() {
             dev_err!(dev.as_ref(), "config space access is not supported\n");
             return Err(EINVAL);
@@ -234,7 +236,10 @@ impl Balloon {
         };
         // A hint run needs a slot for a block and one kept for the stop id.
         if hint_vq.as_ref().is_some_and(|vq| vq.vring_size() < 2) {
-            dev_err!(dev.as_ref(), "free page hint queue has fewer than 2 entries\n");
+            dev_err!(
+                dev.as_ref(),
+                "free page hint queue has fewer than 2 entries\n"
+            );
             return Err(ENOSPC);
         }
         // Without deflate-on-OOM the host may keep ballooned memory for good, so it leaves the
@@ -280,10 +285,12 @@ impl Balloon {
     /// Stops the work items: nothing queues them any more, and none runs.
     fn quiesce(this: &Arc<Self>) {
         *this.stop_update.lock() = true;
+        // Nothing queues work any more (every enqueue checks `stop_update` under its lock);
+        // the retry goes first, as it queues the size work.
+        workqueue::cancel_delayed_sync::<Self, 3>(this);
         workqueue::cancel_sync::<Self, 0>(this);
         workqueue::cancel_sync::<Self, 1>(this);
         workqueue::cancel_sync::<Self, 2>(this);
-        workqueue::cancel_delayed_sync::<Self, 3>(this);
     }
 }
 
@@ -327,11 +334,12 @@ impl VirtioBalloon {
     /// The host changed the config space, or the driver just came up (atomic context).
     fn changed(&self) {
         let b = &self.b;
+        // Held while queueing, so `quiesce` cannot miss a work item queued here.
         let stop = b.stop_update.lock();
         if *stop {
             return;
         }
-        Balloon::queue_size_work(b);
+        Balloon::enqueue_size_work(b);
         if let Some(wq) = &self.hint_wq {
             // The cmd id is read in the work (config reads sleep); queue it only when no read
             // is pending, as the C driver does.
@@ -382,7 +390,9 @@ impl virtio::Driver for BalloonDriver {
             // The host may read the poison value from DRIVER_OK on: write it now, once.
             if has(F_PAGE_POISON) {
                 let val = balloon::poison_value().unwrap_or(0);
-                b.link().transport().write_config_le32(CFG_POISON_VAL, val)?;
+                b.link()
+                    .transport()
+                    .write_config_le32(CFG_POISON_VAL, val)?;
             }
             let hint_wq = match has(F_FREE_PAGE_HINT) {
                 true => Some(OwnedQueue::new(
@@ -399,7 +409,10 @@ impl virtio::Driver for BalloonDriver {
                 false => None,
             };
             let oom = match has(F_DEFLATE_ON_OOM) {
-                true => Some(oom_notifier::Registration::new(b.clone(), oom::NOTIFY_PRIORITY)?),
+                true => Some(oom_notifier::Registration::new(
+                    b.clone(),
+                    oom::NOTIFY_PRIORITY,
+                )?),
                 false => None,
             };
             let reporting = match has(F_REPORTING) {
@@ -480,7 +493,10 @@ impl virtio::Driver for BalloonDriver {
         dev: &'bound virtio::Device<device::Core<'_>>,
         _this: Pin<&VirtioBalloon>,
     ) -> Result {
-        dev_err!(dev.as_ref(), "suspend is not supported by this driver yet\n");
+        dev_err!(
+            dev.as_ref(),
+            "suspend is not supported by this driver yet\n"
+        );
         Err(EOPNOTSUPP)
     }
 }
