@@ -654,6 +654,19 @@ pub struct VqHandle {
     transport: Arc<Transport>,
 }
 
+impl VqHandle {
+    /// Records how the tokens left on the queue are freed when the queues are deleted.
+    /// `ENODEV` once they are.
+    fn claim(&self, free: unsafe fn(*mut c_void)) -> Result {
+        let mut state = self.transport.state.lock();
+        if !state.alive {
+            return Err(ENODEV);
+        }
+        state.queues[self.slot] = Some(QueueEntry { vq: self.vq, free });
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy)]
 struct QueueEntry {
     vq: NonNull<bindings::virtqueue>,
@@ -858,15 +871,7 @@ pub struct AddError<B>(pub Error, pub KBox<B>);
 impl<B: Send> Virtqueue<B> {
     /// Types the queue of `handle` for buffers `KBox<B>`.
     pub fn new(handle: VqHandle) -> Result<Self> {
-        let mut state = handle.transport.state.lock();
-        if !state.alive {
-            return Err(ENODEV);
-        }
-        state.queues[handle.slot] = Some(QueueEntry {
-            vq: handle.vq,
-            free: free_token::<B>,
-        });
-        drop(state);
+        handle.claim(free_token::<B>)?;
         Ok(Self {
             vq: handle.vq,
             transport: handle.transport,
@@ -1046,20 +1051,12 @@ unsafe impl Sync for PageQueue {}
 impl PageQueue {
     /// Types the queue of `handle` for pages and command ids.
     pub fn new(handle: VqHandle) -> Result<Self> {
-        let mut state = handle.transport.state.lock();
-        if !state.alive {
-            return Err(ENODEV);
-        }
-        state.queues[handle.slot] = Some(QueueEntry {
-            vq: handle.vq,
-            free: free_page_queue_token,
-        });
+        handle.claim(free_page_queue_token)?;
         let vq = handle.vq.as_ptr();
-        // SAFETY: The queue and its device are live (we hold the lock with `alive`).
-        let hints_ok = unsafe {
+        // SAFETY: The queue and its device are live inside `with_live`.
+        let hints_ok = handle.transport.with_live(|_| unsafe {
             bindings::virtqueue_dma_dev(vq).is_null() && (*(*vq).vdev).map.is_null()
-        };
-        drop(state);
+        })?;
         Ok(Self {
             vq: handle.vq,
             transport: handle.transport,
