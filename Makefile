@@ -17,7 +17,7 @@ JOBS    ?= $(shell nproc)
 ACCEL   ?= tcg
 MEM     ?= 1024
 DRIVERS ?= virtio_balloon virtio_balloon_rust
-DEVICES ?= plain deflate-on-oom
+DEVICES ?= plain deflate-on-oom reporting hint hint-reporting poison poison-unsupported zero-on-free zero-on-free-unsupported
 DRIVER  ?= virtio_balloon_rust
 
 TREE    := $(CACHE)/tree

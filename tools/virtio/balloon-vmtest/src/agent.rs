@@ -16,7 +16,7 @@
 //! | `stats`          | a fresh `guest-stats` as `stat-NAME=VALUE ...`    |
 //! | `rss`            | QEMU's resident set size, bytes                   |
 //! | `migrate`        | migrates to a sink, resumes; bytes transferred    |
-//! | `migrate-start BPS` | sets max-bandwidth to BPS bytes/s, starts a migration to a sink, answers at once |
+//! | `migrate-start BPS` | sets max-bandwidth to BPS bytes/s, starts a migration to a sink, answers at once; the VM resumes by itself when it completes |
 //! | `migrate-status` | `status=S transferred=N normal=N duplicate=N remaining=N` |
 //! | `migrate-wait BPS` | sets max-bandwidth to BPS (0: unchanged), waits for the end, resumes, puts the bandwidth back: `status=completed transferred=N ... ms=WAITED` |
 //! | `reset`          | answers, then resets the machine                  |
@@ -29,6 +29,7 @@ use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long `target` waits for the guest to reach it.
@@ -118,6 +119,33 @@ struct Agent {
     qemu_pid: u32,
     /// max-bandwidth before `migrate-start` changed it, put back by `migrate-wait`.
     saved_bandwidth: Cell<Option<u64>>,
+    /// The thread that resumes the VM when the started migration ends.
+    migration: Cell<Option<JoinHandle<io::Result<Value>>>>,
+}
+
+/// Polls a running migration until it ends; resumes the VM when it completed (the guest
+/// is paused then and could not ask for it) and returns the final `query-migrate`. Takes
+/// the monitor per command, so the guest's other requests go on meanwhile.
+fn watch_migration(qmp: Arc<Mutex<Monitor>>) -> io::Result<Value> {
+    let start = Instant::now();
+    loop {
+        let v = lock(&qmp).query_migrate()?;
+        match v.get("status").and_then(Value::as_str) {
+            Some("completed") => {
+                lock(&qmp).cont()?;
+                return Ok(v);
+            }
+            Some(s @ ("failed" | "cancelled")) => {
+                let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("");
+                return Err(io::Error::other(format!("migration {s}: {why}")));
+            }
+            _ if start.elapsed() > MIGRATE_TIMEOUT => {
+                let _ = lock(&qmp).migrate_cancel();
+                return Err(io::Error::other("migration timed out; cancelled"));
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 fn lock(qmp: &Arc<Mutex<Monitor>>) -> std::sync::MutexGuard<'_, Monitor> {
@@ -239,23 +267,40 @@ impl Agent {
     }
 
     fn migrate_start(&self, bandwidth: u64) -> io::Result<String> {
-        let mut q = lock(&self.qmp);
-        if self.saved_bandwidth.get().is_none() {
-            self.saved_bandwidth.set(Some(q.max_bandwidth()?));
+        if let Some(h) = self.migration.take() {
+            if !h.is_finished() {
+                self.migration.set(Some(h));
+                return Err(io::Error::other("a migration is running"));
+            }
         }
-        q.set_max_bandwidth(bandwidth)?;
-        q.migrate_start(MIGRATE_SINK)?;
+        {
+            let mut q = lock(&self.qmp);
+            if self.saved_bandwidth.get().is_none() {
+                self.saved_bandwidth.set(Some(q.max_bandwidth()?));
+            }
+            q.set_max_bandwidth(bandwidth)?;
+            q.migrate_start(MIGRATE_SINK)?;
+        }
+        let qmp = self.qmp.clone();
+        self.migration
+            .set(Some(std::thread::spawn(move || watch_migration(qmp))));
         Ok(String::new())
     }
 
-    /// Lets the migration end (faster, if `bandwidth` > 0), resumes the VM and puts the
+    /// Lets the started migration end (faster, if `bandwidth` > 0), and puts the
     /// bandwidth back, even when the migration failed.
     fn migrate_wait(&self, bandwidth: u64) -> io::Result<String> {
         let start = Instant::now();
-        if bandwidth > 0 {
+        let h = self
+            .migration
+            .take()
+            .ok_or_else(|| io::Error::other("no migration was started"))?;
+        if bandwidth > 0 && !h.is_finished() {
             lock(&self.qmp).set_max_bandwidth(bandwidth)?;
         }
-        let r = lock(&self.qmp).migrate_wait(MIGRATE_TIMEOUT);
+        let r = h
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("migration watcher panicked")));
         if let Some(b) = self.saved_bandwidth.take() {
             lock(&self.qmp).set_max_bandwidth(b)?;
         }
@@ -317,6 +362,7 @@ pub fn spawn(port: UnixStream, qmp: Arc<Mutex<Monitor>>, ram: u64, device: Devic
         device,
         qemu_pid,
         saved_bandwidth: Cell::new(None),
+        migration: Cell::new(None),
     };
     std::thread::spawn(move || {
         let Ok(mut out) = port.try_clone() else {

@@ -124,6 +124,15 @@ impl Monitor {
         }
     }
 
+    /// Resumes a paused VM (after a completed migration).
+    pub fn cont(&mut self) -> io::Result<()> {
+        self.run(&qmp::cont {}).map(|_| ())
+    }
+
+    pub fn migrate_cancel(&mut self) -> io::Result<()> {
+        self.run(&qmp::migrate_cancel {}).map(|_| ())
+    }
+
     /// The migration's `max-bandwidth`, bytes per second.
     pub fn max_bandwidth(&mut self) -> io::Result<u64> {
         let p = self.run(&qmp::query_migrate_parameters {})?;

