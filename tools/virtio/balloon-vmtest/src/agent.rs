@@ -429,11 +429,17 @@ mod tests {
 
     #[test]
     fn migration_requests() {
-        assert_eq!(parse("migrate-start 16777216"), Ok(Request::MigrateStart(16 << 20)));
+        assert_eq!(
+            parse("migrate-start 16777216"),
+            Ok(Request::MigrateStart(16 << 20))
+        );
         assert!(parse("migrate-start 0").is_err());
         assert!(parse("migrate-start").is_err());
         assert_eq!(parse("migrate-wait 0"), Ok(Request::MigrateWait(0)));
-        assert_eq!(parse("migrate-wait 1073741824"), Ok(Request::MigrateWait(1 << 30)));
+        assert_eq!(
+            parse("migrate-wait 1073741824"),
+            Ok(Request::MigrateWait(1 << 30))
+        );
         assert!(parse("migrate-wait -1").is_err());
         assert_eq!(parse("migrate-status"), Ok(Request::MigrateStatus));
         assert!(parse("migrate-status now").is_err());

@@ -165,7 +165,9 @@ fn unmatched<'a>(selectors: &'a [String], results: &[TestResult]) -> Vec<&'a str
         .filter(|sel| {
             !results.iter().any(|r| {
                 let t = r.name.split_once(':').map_or("", |(_, t)| t);
-                t == sel.as_str() || t.strip_prefix(sel.as_str()).is_some_and(|r| r.starts_with('.'))
+                t == sel.as_str()
+                    || t.strip_prefix(sel.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
             })
         })
         .map(String::as_str)
@@ -202,6 +204,7 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
     // test_timeout seconds is a hang: stop the guest.
     let mut last_progress = Instant::now();
     let mut done = false;
+    let mut powered_off = false;
     let mut verdict = None;
     loop {
         match vm.next_line(Duration::from_secs(1)) {
@@ -217,6 +220,7 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
                     last_progress = Instant::now();
                 }
                 if l.starts_with("@@POWEROFF") {
+                    powered_off = true;
                     break;
                 }
             }
@@ -231,7 +235,16 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
             break;
         }
     }
-    vm.finish(Duration::from_secs(5));
+    if powered_off {
+        // The kernel's last words are "reboot: Power down" or, without ACPI, "reboot: Power
+        // off not available: System halted instead" (QEMU then keeps running): keep the
+        // shutdown messages for the log scan, then stop QEMU.
+        vm.wait_for("reboot: ", Duration::from_secs(10));
+        vm.finish(Duration::from_millis(200));
+    } else {
+        vm.finish(Duration::from_secs(5));
+    }
+    eprintln!("   done ({:.1}s)", vm.started.elapsed().as_secs_f64());
     // KUnit runs in the kernel before init; the kselftests after it.
     let init = vm
         .log

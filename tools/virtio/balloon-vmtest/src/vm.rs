@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 /// arguments and the tests each one needs (see testing.rst). A name may be
 /// followed by more options: `deflate-on-oom,stats=2`.
 pub const PRESETS: &[(&str, &str)] = &[
-    ("plain", "tests=balloon+features+oom.kills_without_deflate_on_oom+compaction"),
+    (
+        "plain",
+        "tests=balloon+features+oom.kills_without_deflate_on_oom+compaction",
+    ),
     (
         "deflate-on-oom",
         "deflate-on-oom,tests=balloon+features+oom.deflates_instead_of_killing",
@@ -467,7 +470,9 @@ mod tests {
         let d = Device::parse("deflate-on-oom,stats=2").unwrap();
         assert!(d.deflate_on_oom);
         assert_eq!(d.stats_interval, 2);
-        assert!(d.tests.contains(&"oom.deflates_instead_of_killing".to_string()));
+        assert!(d
+            .tests
+            .contains(&"oom.deflates_instead_of_killing".to_string()));
         let h = Device::parse("hint-reporting").unwrap();
         assert!(h.free_page_hint && h.free_page_reporting);
         assert_eq!(
