@@ -123,14 +123,15 @@ impl Pressure {
 }
 
 impl Balloon {
-    /// `Ok(room)`, in 4 KiB pages, when the size work may inflate now; `Err(wait)` otherwise.
-    pub(super) fn inflate_allowed(&self) -> Result<u64, Delta> {
+    /// `Ok(room)`, in 4 KiB pages, when the size work may inflate (by `want` pages) now;
+    /// `Err(wait)` otherwise.
+    pub(super) fn inflate_allowed(&self, want: u64) -> Result<u64, Delta> {
         if let Some(wait) = self.pressure.held() {
             return Err(wait);
         }
         let room = self.room();
         if room < u64::from(PAGES_PER_PAGE) {
-            self.out_of_puff(u64::from(PAGES_PER_PAGE));
+            self.out_of_puff(want);
             return Err(self.pressure.floor_backoff());
         }
         Ok(room)

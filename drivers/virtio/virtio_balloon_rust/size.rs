@@ -282,7 +282,7 @@ impl Balloon {
         let mut diff = this.towards_target();
         let mut retry = None;
         if diff > 0 {
-            match this.inflate_allowed() {
+            match this.inflate_allowed(diff.unsigned_abs()) {
                 Ok(room) => {
                     let got = this.fill(min(diff.unsigned_abs(), room));
                     diff -= i64::from(got);
