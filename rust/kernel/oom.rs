@@ -109,10 +109,9 @@ unsafe extern "C" fn notifier_call<T: OomNotify>(
     _action: c_ulong,
     parm: *mut c_void,
 ) -> c_int {
-    // SAFETY: `nb` is the `nb` field of a pinned `Inner<T>` (`Opaque` is transparent), which
-    // stays alive while registered.
-    let inner =
-        unsafe { &*container_of!(nb.cast::<Opaque<bindings::notifier_block>>(), Inner<T>, nb) };
+    let nb = nb.cast::<Opaque<bindings::notifier_block>>();
+    // SAFETY: `nb` is the `nb` field of a pinned `Inner<T>`, alive while registered.
+    let inner = unsafe { &*container_of!(nb, Inner<T>, nb) };
     let freed = inner.data.out_of_memory();
     // SAFETY: `out_of_memory()` passes the address of its `unsigned long freed`.
     unsafe { *parm.cast::<c_ulong>() += freed as c_ulong };

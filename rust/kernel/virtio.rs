@@ -198,10 +198,10 @@ impl<T: Driver + 'static> Adapter<T> {
     extern "C" fn queue_callback<const SLOT: usize>(vq: *mut bindings::virtqueue) {
         // SAFETY: `vring_interrupt` passes a valid queue of a live device.
         let vdev = unsafe { (*vq).vdev };
-        // SAFETY: `priv` is NULL or the bus's reference to the transport of these queues, set
-        // before the device went live and released only after `del_vqs` (whose `free_irq`
-        // waits for running callbacks), or while the transport is kept alive across it: the
-        // transport outlives this call. Writers use volatile stores too.
+        // `priv` is NULL or the bus's reference to the transport of these queues, set before
+        // the device went live and released only after `del_vqs` (whose `free_irq` waits for
+        // running callbacks), or while the transport is kept alive across it.
+        // SAFETY: `vdev` is valid; `priv` is a plain pointer field, stored volatile by writers.
         let t = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*vdev).priv_)) };
         if !t.is_null() {
             // SAFETY: `priv` came from `Arc::<Transport>::into_foreign` and is not released
@@ -1140,9 +1140,9 @@ impl PageQueue {
                     crate::balloon::HintBlock::BYTES as u32,
                 )
             };
-            // SAFETY: The queue is live and passes physical addresses (`hints_ok`: nothing is
-            // mapped that could outlive the block). The token is never dereferenced; the device
-            // only learns the range, which it does not access (see the type documentation).
+            // The ring passes physical addresses (`hints_ok`): nothing is mapped that could
+            // outlive the block. The device only learns the range (see the type documentation).
+            // SAFETY: The queue is live; the token is never dereferenced.
             to_result(unsafe {
                 bindings::virtqueue_add_inbuf(vq, &mut sg, 1, hint_token(), bindings::GFP_KERNEL)
             })
@@ -1167,7 +1167,8 @@ impl PageQueue {
             return Err(EBUSY);
         }
         let r = self.report_one(pages, stalled);
-        self.reporting.store(false, core::sync::atomic::Ordering::Release);
+        self.reporting
+            .store(false, core::sync::atomic::Ordering::Release);
         r
     }
 
@@ -1181,11 +1182,11 @@ impl PageQueue {
         let before = self.with_live(|vq| {
             self.drain_locked(vq);
             let before = self.reports_done.load(Relaxed);
-            // SAFETY: The queue is live. `pages` holds `nents` valid entries describing free
-            // blocks the page allocator isolated for the duration of our caller's callback;
-            // this function returns only once the device no longer uses them. `GFP_NOWAIT`: no
-            // sleeping allocation for indirect descriptors (the core falls back to direct
-            // ones, and `ENOSPC` when those do not fit).
+            // `pages` holds `nents` valid entries describing free blocks the page allocator
+            // isolated for the duration of our caller's callback; this function returns only
+            // once the device no longer uses them. `GFP_NOWAIT`: no sleeping allocation for
+            // indirect descriptors (the core falls back to direct ones, `ENOSPC` if too few).
+            // SAFETY: The queue is live; the buffers stay valid until the device used them.
             let r = unsafe {
                 bindings::virtqueue_add_inbuf(
                     vq,
