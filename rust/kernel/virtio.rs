@@ -755,14 +755,35 @@ impl Transport {
         self.used_cv.notify_all();
     }
 
-    /// Waits until a queue used a buffer after `seen` was read from `used`, or `timeout`
-    /// passed.
-    fn wait_used(&self, seen: u64, timeout: Delta) {
-        let mut used = self.used.lock();
-        if *used == seen {
-            let jiffies = crate::time::msecs_to_jiffies(timeout.as_millis() as u32);
-            // Uninterruptible: a pending signal must not turn the wait into a busy loop.
-            let _ = self.used_cv.wait_timeout(&mut used, jiffies);
+    /// Polls `poll` until it gives a result, sleeping until a queue interrupt in between
+    /// (uninterruptibly, so a pending signal cannot turn it into a busy loop). While it waits,
+    /// `stalled` is called every [`STALL_INTERVAL`] with the time waited so far, so the caller
+    /// can say that the device is not answering. May sleep.
+    fn wait_for<R>(
+        &self,
+        mut poll: impl FnMut() -> Option<R>,
+        mut stalled: impl FnMut(Delta),
+    ) -> R {
+        let start = Instant::<Monotonic>::now();
+        let mut next_stall = STALL_INTERVAL;
+        loop {
+            // Read before polling: an interrupt after the poll changes it, so no wakeup is lost.
+            let seen = *self.used.lock();
+            if let Some(r) = poll() {
+                return r;
+            }
+            let mut used = self.used.lock();
+            if *used == seen {
+                let _ = self
+                    .used_cv
+                    .wait_timeout(&mut used, crate::time::msecs_to_jiffies(1000));
+            }
+            drop(used);
+            let waited = Instant::<Monotonic>::now() - start;
+            if waited >= next_stall {
+                stalled(waited);
+                next_stall += STALL_INTERVAL;
+            }
         }
     }
 
@@ -965,6 +986,21 @@ impl<B: Send> Virtqueue<B> {
         NonNull::new(token).map(|t| (unsafe { KBox::from_raw(t.as_ptr().cast::<B>()) }, len))
     }
 
+    /// Waits until the device gives a buffer back; `None` once the queues are deleted (the
+    /// device was reset and will not answer). The queue must have been set up with a
+    /// callback, whose interrupts wake the wait. `stalled` is called every [`STALL_INTERVAL`]
+    /// while the device holds on. May sleep.
+    pub fn wait_buf(&self, stalled: impl FnMut(Delta)) -> Option<(KBox<B>, u32)> {
+        self.transport.wait_for(
+            || match self.get_buf() {
+                Some(buf) => Some(Some(buf)),
+                None if !self.is_live() => Some(None),
+                None => None,
+            },
+            stalled,
+        )
+    }
+
     /// Number of descriptors in the ring.
     pub fn vring_size(&self) -> u32 {
         let state = self.transport.state.lock();
@@ -1013,9 +1049,9 @@ unsafe fn free_page_queue_token(token: *mut c_void) {
     }
 }
 
-/// How long [`PageQueue::report`] waits before it calls its `stalled` callback (and again after
-/// each further such interval).
-pub const REPORT_STALL: Delta = Delta::from_secs(10);
+/// How long [`Virtqueue::wait_buf`] and [`PageQueue::report`] wait before they call their
+/// `stalled` callback (and again after each further such interval).
+pub const STALL_INTERVAL: Delta = Delta::from_secs(10);
 
 /// A virtqueue that carries pages by address: free page hints and reported free pages, plus
 /// the 32-bit command ids of the hinting protocol.
@@ -1151,7 +1187,7 @@ impl PageQueue {
 
     /// Lends `pages` to the device (device-writable buffers), notifies it, and waits until it
     /// used them, or until the queues are deleted (the device is then reset and can no longer
-    /// touch them). While the device holds them, `stalled` is called every [`REPORT_STALL`]
+    /// touch them). While the device holds them, `stalled` is called every [`STALL_INTERVAL`]
     /// with the time waited so far, so the caller can say that the host is not answering.
     ///
     /// `ENODEV` when the queue is gone, before or during the wait; `ENOSPC` when the ring has
@@ -1176,7 +1212,7 @@ impl PageQueue {
     fn report_one(
         &self,
         pages: &crate::page_reporting::ReportedPages<'_>,
-        mut stalled: impl FnMut(Delta),
+        stalled: impl FnMut(Delta),
     ) -> Result {
         use core::sync::atomic::Ordering::Relaxed;
         let before = self.with_live(|vq| {
@@ -1202,23 +1238,16 @@ impl PageQueue {
             }
             to_result(r).map(|()| before)
         })??;
-        let start = Instant::<Monotonic>::now();
-        let mut next_stall = REPORT_STALL;
-        loop {
-            let seen = *self.transport.used.lock();
-            // Counted under the lock, whoever drained: one report is in flight at a time.
-            // Deleted: the device was reset before the ring was freed; the pages are ours.
-            self.with_live(|vq| self.drain_locked(vq))?;
-            if self.reports_done.load(Relaxed) != before {
-                return Ok(());
-            }
-            self.transport.wait_used(seen, Delta::from_millis(1000));
-            let waited = Instant::<Monotonic>::now() - start;
-            if waited >= next_stall {
-                stalled(waited);
-                next_stall += REPORT_STALL;
-            }
-        }
+        // Counted under the lock, whoever drained: one report is in flight at a time. Deleted:
+        // the device was reset before the ring was freed, and the pages are ours again.
+        self.transport.wait_for(
+            || match self.with_live(|vq| self.drain_locked(vq)) {
+                Err(e) => Some(Err(e)),
+                Ok(()) if self.reports_done.load(Relaxed) != before => Some(Ok(())),
+                Ok(()) => None,
+            },
+            stalled,
+        )
     }
 
     /// Notifies the device of new buffers. Returns false if the device is broken or gone.

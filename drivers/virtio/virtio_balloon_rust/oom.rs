@@ -22,7 +22,7 @@
 use super::{Balloon, RateLimit, MESSAGE_INTERVAL, PAGES_PER_PAGE};
 use core::cmp::min;
 use kernel::{
-    new_mutex, new_spinlock, oom,
+    bindings, new_mutex, new_spinlock, oom,
     prelude::*,
     sync::{Mutex, SpinLock},
     time::{Delta, Instant, Monotonic},
@@ -154,7 +154,7 @@ impl oom::OomNotify for Balloon {
                      no re-inflate for {} s\n",
                     total * 4,
                     suppressed,
-                    self.num_pages() / 256,
+                    self.num_pages() >> (20 - bindings::VIRTIO_BALLOON_PFN_SHIFT),
                     hold.as_millis() / 1000
                 );
             }

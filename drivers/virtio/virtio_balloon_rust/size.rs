@@ -10,17 +10,17 @@ use super::{
 use core::cmp::min;
 use kernel::{
     balloon::{self, BalloonPage},
-    bindings, device, new_condvar, new_mutex, new_spinlock_irq,
+    bindings, device, new_mutex,
     prelude::*,
-    sync::{aref::ARef, Arc, CondVar, Mutex, SpinLockIrq},
-    time::{Delta, Instant, Monotonic},
+    sync::{aref::ARef, Arc, Mutex},
+    time::Delta,
     virtio::{self, Transport, Virtqueue},
     vmstat, workqueue,
 };
 
 /// Most page frame numbers in one inflate or deflate message. Firecracker and Cloud
 /// Hypervisor drop longer ones.
-pub(super) const ARRAY_PFNS_MAX: usize = 256;
+const ARRAY_PFNS_MAX: usize = 256;
 /// Bytes in a balloon page.
 const BALLOON_PAGE: u64 = 1 << bindings::VIRTIO_BALLOON_PFN_SHIFT;
 
@@ -33,15 +33,10 @@ const RESERVE_SHIFT: u32 = 3;
 const RESERVE_MIN: u64 = 64 << 20;
 const RESERVE_MAX: u64 = 1 << 30;
 
-/// How long to wait for the host to take an inflate or deflate message before saying so (and
-/// again after each further such interval). The wait itself goes on: until the host answers,
-/// it may still act on the message.
-const ACK_STALL: Delta = Delta::from_secs(10);
-
 /// State protected by `balloon_lock`: the balloon size and the message buffers.
-pub(super) struct Inner {
+struct Inner {
     /// Balloon size in 4 KiB balloon pages, as reported in `actual`.
-    pub(super) num_pages: u32,
+    num_pages: u32,
     /// The PFN message buffer. `None` only while it is on a queue inside
     /// [`HostLink::send`], which always puts it back.
     pfns: Option<KBox<PfnBuf>>,
@@ -50,8 +45,8 @@ pub(super) struct Inner {
     moving: KVec<BalloonPage>,
 }
 
-/// What telling the host about pages needs: the inflate and deflate queues, `balloon_lock`
-/// and the acknowledgement counter. The balloon page list owns it, so that page migration
+/// What telling the host about pages needs: the inflate and deflate queues and
+/// `balloon_lock`. The balloon page list owns it, so that page migration
 /// (which tells the host too) always finds it alive.
 #[pin_data]
 pub(super) struct HostLink {
@@ -63,12 +58,7 @@ pub(super) struct HostLink {
     deflate_vq: Virtqueue<PfnBuf>,
     /// Held across a whole inflate or deflate, including the wait for the host.
     #[pin]
-    pub(super) balloon_lock: Mutex<Inner>,
-    /// Counts inflate/deflate acknowledgements (interrupt context) for waiters.
-    #[pin]
-    acked: SpinLockIrq<u64>,
-    #[pin]
-    acked_cv: CondVar,
+    balloon_lock: Mutex<Inner>,
     #[pin]
     stall_msg: Mutex<RateLimit>,
 }
@@ -95,8 +85,6 @@ impl HostLink {
                 pfns: Some(pfns),
                 moving,
             }),
-            acked <- new_spinlock_irq!(0),
-            acked_cv <- new_condvar!(),
             stall_msg <- new_mutex!(RateLimit::new()),
         }))
     }
@@ -142,46 +130,27 @@ impl HostLink {
             return false;
         }
         vq.kick();
-        let start = Instant::<Monotonic>::now();
-        let mut next_stall = ACK_STALL;
-        loop {
-            let seen = *self.acked.lock();
-            if let Some((buf, _)) = vq.get_buf() {
+        // Waits as the C driver's wait_event() (uninterruptibly), but says so when the host
+        // holds the message for long: until it answers, it may still act on it.
+        let used = vq.wait_buf(|waited| {
+            if let Some(n) = self.stall_msg.lock().allow(MESSAGE_INTERVAL) {
+                dev_warn!(
+                    self.dev(),
+                    "host has not taken a balloon message for {} s; still waiting \
+                     ({} messages suppressed)\n",
+                    waited.as_millis() / 1000,
+                    n
+                );
+            }
+        });
+        // `None`: deleted under us; the device is reset and will never answer.
+        match used {
+            Some((buf, _)) => {
                 *pfns = Some(buf);
-                return true;
+                true
             }
-            // Deleted under us: the device is reset and will never answer.
-            if !vq.is_live() {
-                return false;
-            }
-            let mut acked = self.acked.lock();
-            if *acked == seen {
-                // Uninterruptible, as the C driver's wait_event(): the OOM notifier calls this
-                // from a task that may have a fatal signal pending.
-                let timeout = kernel::time::msecs_to_jiffies(1000);
-                let _ = self.acked_cv.wait_timeout(&mut acked, timeout);
-            }
-            drop(acked);
-            let waited = Instant::<Monotonic>::now() - start;
-            if waited >= next_stall {
-                next_stall += ACK_STALL;
-                if let Some(n) = self.stall_msg.lock().allow(MESSAGE_INTERVAL) {
-                    dev_warn!(
-                        self.dev(),
-                        "host has not taken a balloon message for {} s; still waiting \
-                         ({} messages suppressed)\n",
-                        waited.as_millis() / 1000,
-                        n
-                    );
-                }
-            }
+            None => false,
         }
-    }
-
-    /// An inflate or deflate message was used by the host (interrupt context).
-    pub(super) fn ack(&self) {
-        *self.acked.lock() += 1;
-        self.acked_cv.notify_all();
     }
 }
 

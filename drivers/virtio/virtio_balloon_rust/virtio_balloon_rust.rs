@@ -461,11 +461,10 @@ impl virtio::Driver for BalloonDriver {
     }
 
     fn queue_done(this: Pin<&VirtioBalloon>, slot: usize) {
-        match slot {
-            VQ_INFLATE | VQ_DEFLATE => this.b.link().ack(),
-            VQ_STATS => Balloon::stats_request(&this.b),
-            // The reporting queue's waiter is woken by the bus; the hint queue is polled.
-            _ => {}
+        // Waiters on the inflate, deflate and reporting queues are woken by the bus; the hint
+        // queue is polled.
+        if slot == VQ_STATS {
+            Balloon::stats_request(&this.b);
         }
     }
 
