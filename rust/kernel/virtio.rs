@@ -36,10 +36,15 @@
 //! [`Transport`] takes the transport's lock and fails with `ENODEV` once the
 //! queues are deleted. They are deleted by [`Transport::delete`] (reset, free
 //! unused buffers, `del_vqs`), which a driver calls in `unbind` or `freeze`.
-//! If it does not, the bus does it when `unbind` returns: the core requires
-//! the device reset within `remove`, and nothing may touch the queues or the
-//! config space after the device is gone. Work items that outlive `unbind` by
-//! mistake therefore get errors, not freed memory.
+//! If it does not, the bus does it when `unbind` or a successful `freeze`
+//! returns: the core requires the device reset within `remove`, `restore`
+//! starts from a reset device, and nothing may touch the queues or the config
+//! space after the device is gone. Work items that outlive `unbind` or `freeze`
+//! by mistake therefore get errors, not freed memory.
+//!
+//! Each [`Transport`] releases only its own bus reference: after freeze and
+//! restore, the old one (which a driver may still hold) stays dead and cannot
+//! touch the new queues.
 
 use crate::{
     bindings, device,
@@ -208,14 +213,17 @@ impl<T: Driver + 'static> Adapter<T> {
             // while this runs (see above).
             unsafe { <Arc<Transport> as ForeignOwnable>::borrow(t.cast()) }.signal_used();
         }
-        // SAFETY: Queue callbacks run only after DRIVER_OK, which the bus sets after drvdata, and
-        // stop when the queues are deleted or the device is reset, before drvdata goes away.
+        // SAFETY: `vdev` is valid while its queues exist, and this callback is one of them.
+        // Queue callbacks stop only at `del_vqs` (its `free_irq` waits for a running one), not
+        // at reset; the bus deletes the queues in `remove` (`Transport::kill`) before drvdata
+        // goes away, and drvdata is set before DRIVER_OK.
         let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
         // A device that uses buffers before DRIVER_OK breaks the spec; do not trust it.
         if !dev.has_drvdata() {
             return;
         }
-        // SAFETY: As above, drvdata is `T::Data`.
+        // SAFETY: drvdata is set (checked above) and is `T::Data` while the driver is bound;
+        // it is dropped only after `remove`, which deleted the queues (see above).
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
         T::queue_done(data, SLOT);
     }
@@ -246,17 +254,40 @@ impl<T: Driver + 'static> Adapter<T> {
     extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
         // SAFETY: The core calls `freeze` on a bound device, holding the device lock.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
-        // SAFETY: As above, drvdata is `T::Data`.
+        // SAFETY: `freeze` is only called on a bound device, whose drvdata is `T::Data`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
-        from_result(|| T::freeze(dev, data).map(|()| 0))
+        from_result(|| {
+            T::freeze(dev, data)?;
+            // Whatever the driver kept, no queue of this device outlives the freeze: `restore`
+            // starts from a reset device and sets up new ones.
+            // SAFETY: `vdev` is valid and bound; `priv` is NULL or set by `find_vqs`.
+            unsafe { Transport::kill(vdev) };
+            Ok(0)
+        })
     }
 
     extern "C" fn restore_callback(vdev: *mut bindings::virtio_device) -> c_int {
         // SAFETY: The core calls `restore` on a bound device, holding the device lock.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
-        // SAFETY: As above, drvdata is `T::Data`.
+        // SAFETY: `restore` is only called on a bound device, whose drvdata is `T::Data`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
-        from_result(|| T::restore(dev, data, QueueFinder(PhantomData)).map(|()| 0))
+        from_result(|| {
+            let r = T::restore(dev, data, QueueFinder(PhantomData)).and_then(|()| {
+                // As in `probe`: live once the queues exist, then `ready`.
+                // SAFETY: `vdev` is valid; its queues (if any) are set up.
+                unsafe { bindings::virtio_device_ready(vdev) };
+                T::ready(dev, data).inspect_err(|_| {
+                    // Back to the frozen state, so that `remove` finds what it expects.
+                    let _ = T::freeze(dev, data);
+                })
+            });
+            if r.is_err() {
+                // The core marks the device FAILED; it stays bound without queues.
+                // SAFETY: `vdev` is valid and bound; `priv` is NULL or set by `find_vqs`.
+                unsafe { Transport::kill(vdev) };
+            }
+            r.map(|()| 0)
+        })
     }
 }
 
@@ -350,8 +381,10 @@ pub trait Driver {
     where
         Self: Sized;
 
-    /// Called once the device is live, after `probe`: queue callbacks may come from now on.
-    /// An error fails the probe: the bus then calls [`Driver::unbind`] and resets the device.
+    /// Called once the device is live, after `probe` and after `restore`: queue callbacks may
+    /// come from now on. An error fails the probe (the bus then calls [`Driver::unbind`] and
+    /// resets the device) or the restore (the bus calls [`Driver::freeze`] and deletes the
+    /// queues; the device stays bound, marked FAILED).
     fn ready<'bound>(
         dev: &'bound Device<device::Core<'_>>,
         this: Pin<&Self::Data<'bound>>,
@@ -377,12 +410,18 @@ pub trait Driver {
         let _ = (this, slot);
     }
 
-    /// The system shuts down. The bus then breaks and resets the device.
+    /// The system shuts down (or kexecs): quiesce. The bus then breaks and resets the device.
+    /// Unlike `unbind`, nothing is given back: the device stays bound and its memory is no
+    /// longer the driver's concern.
     fn shutdown<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let _ = (dev, this);
     }
 
-    /// Suspend to RAM or disk: quiesce, typically [`Transport::delete`].
+    /// Suspend to RAM or disk, after the core stopped config change callbacks and froze user
+    /// space and freezable work: quiesce and give back what the device holds. When it returns
+    /// `Ok`, the bus deletes the queues (if the driver did not, with [`Transport::delete`]):
+    /// nothing can reach them until `restore` sets up new ones. An error aborts the suspend,
+    /// and the device stays as it was.
     fn freeze<'bound>(
         dev: &'bound Device<device::Core<'_>>,
         this: Pin<&Self::Data<'bound>>,
@@ -391,7 +430,9 @@ pub trait Driver {
         Ok(())
     }
 
-    /// Resume: the core has reset the device and renegotiated features; set up queues again.
+    /// Resume after `freeze`: the core has reset the device and written the negotiated features
+    /// again (they do not change while bound); set up the queues again. The bus then marks the
+    /// device ready and calls [`Driver::ready`].
     fn restore<'bound>(
         dev: &'bound Device<device::Core<'_>>,
         this: Pin<&Self::Data<'bound>>,
@@ -434,6 +475,22 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
     pub fn is_little_endian(&self) -> bool {
         // SAFETY: By the type invariant `self.as_raw()` is valid.
         unsafe { bindings::virtio_is_little_endian(self.as_raw()) }
+    }
+
+    /// Holds the system awake for an event of this device that is being handled
+    /// (`pm_stay_awake`): a suspend attempted meanwhile fails. A no-op unless user space
+    /// enabled wakeup (`power/wakeup`). Not counted: one [`Device::relax`] ends it. Any
+    /// context.
+    pub fn stay_awake(&self) {
+        // SAFETY: By the type invariant the device is valid; `pm_stay_awake` takes the
+        // device's PM lock with interrupts disabled and does nothing without a wakeup source.
+        unsafe { bindings::pm_stay_awake(addr_of_mut!((*self.as_raw()).dev)) }
+    }
+
+    /// Ends what [`Device::stay_awake`] started (`pm_relax`). Any context.
+    pub fn relax(&self) {
+        // SAFETY: As in `stay_awake`.
+        unsafe { bindings::pm_relax(addr_of_mut!((*self.as_raw()).dev)) }
     }
 
     /// The byte order of the device's virtqueue payloads. It is fixed once features are
@@ -490,6 +547,14 @@ impl Device<device::BoundInternal> {
 }
 
 impl<'a> Device<device::Core<'a>> {
+    /// Declares whether the device can wake the system (`device_set_wakeup_capable`): user
+    /// space can then enable it in `power/wakeup`. May sleep.
+    pub fn set_wakeup_capable(&self, capable: bool) {
+        // SAFETY: By the type invariant the device is valid, and it is registered (a driver is
+        // probing or bound: Core).
+        unsafe { bindings::device_set_wakeup_capable(addr_of_mut!((*self.as_raw()).dev), capable) }
+    }
+
     /// Whether the transport can read the config space at all (`config->get`).
     pub fn has_config(&self) -> bool {
         // SAFETY: By the type invariant `self.as_raw()` is valid; `config` is set by the
@@ -1312,8 +1377,10 @@ unsafe impl crate::sync::aref::AlwaysRefCounted for Device {
 // SAFETY: A `Device` is always reference-counted and can be released from any thread.
 unsafe impl Send for Device {}
 
-// SAFETY: `Device<Normal>` methods only read feature bits. The core writes them only while no
-// driver is bound (probe, restore), when a driver's references are not in use.
+// SAFETY: `Device<Normal>` methods read the feature bits and call the PM wakeup functions,
+// which take the device's own lock. The core writes the feature bits before `probe` and, while
+// the driver is bound, in `restore` (`finalize_features` clears transport bits already clear):
+// a rewrite with the negotiated value, which a concurrent reader sees unchanged.
 unsafe impl Sync for Device {}
 
 // SAFETY: Same as `Device<Normal>`; `Bound` is a zero-sized type-state marker.

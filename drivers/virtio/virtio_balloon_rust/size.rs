@@ -4,7 +4,7 @@
 //! compaction moves a ballooned page.
 
 use super::{
-    Balloon, RateLimit, CFG_ACTUAL, CFG_NUM_PAGES, F_DEFLATE_ON_OOM, MESSAGE_INTERVAL,
+    wakeup, Balloon, RateLimit, CFG_ACTUAL, CFG_NUM_PAGES, F_DEFLATE_ON_OOM, MESSAGE_INTERVAL,
     PAGES_PER_PAGE,
 };
 use core::cmp::min;
@@ -92,6 +92,11 @@ impl HostLink {
     /// The device, for messages.
     pub(super) fn dev(&self) -> &device::Device {
         (*self.dev).as_ref()
+    }
+
+    /// The virtio device.
+    pub(super) fn vdev(&self) -> &virtio::Device {
+        &self.dev
     }
 
     pub(super) fn has_feature(&self, bit: u32) -> bool {
@@ -227,13 +232,16 @@ impl Balloon {
         }
     }
 
-    /// Queues the size work; the caller holds `stop_update` and found it clear.
+    /// Queues the size work, holding the system awake until it ran; the caller holds
+    /// `stop_update` and found it clear.
     pub(super) fn enqueue_size_work(this: &Arc<Self>) {
+        this.wakeup.start(this.vdev(), wakeup::Event::Size);
         // Already queued is fine: one run reads the latest target.
         let _ = workqueue::system_freezable().enqueue::<Arc<Self>, 0>(this.clone());
     }
 
-    /// Runs the size work again after `wait` (or at once, if a target change queues it).
+    /// Runs the size work again after `wait` (or at once, if a target change queues it). The
+    /// system may suspend meanwhile: a back-off is no balloon change.
     fn retry_size_work(this: &Arc<Self>, wait: Delta) {
         // Checked and queued under the lock, so `quiesce` cannot miss it.
         let stop = this.stop_update.lock();

@@ -5,7 +5,7 @@
 //! The driver keeps one buffer with the host. When the host wants fresh statistics it
 //! returns the buffer (interrupt), the stats work refills it and gives it back.
 
-use super::Balloon;
+use super::{wakeup, Balloon};
 use kernel::{
     bindings,
     page::PAGE_SIZE,
@@ -120,6 +120,7 @@ impl Balloon {
     pub(super) fn stats_request(this: &Arc<Self>) {
         let stop = this.stop_update.lock();
         if !*stop {
+            this.wakeup.start(this.vdev(), wakeup::Event::Stats);
             let _ = workqueue::system_freezable().enqueue::<Arc<Self>, 1>(this.clone());
         }
     }

@@ -16,6 +16,12 @@
 //! | `oom.rs` | deflate on OOM, and when the balloon may grow again |
 //! | `hinting.rs` | free page hinting (migration) and the shrinker that returns hinted blocks |
 //! | `reporting.rs` | free page reporting |
+//! | `wakeup.rs` | holding the system awake while the balloon changes |
+//!
+//! The state that needs the device's queues ([`Balloon`]) exists only while the device is live:
+//! probe or restore create it with the queues and register what reaches it (OOM notifier,
+//! shrinker, page reporting); unbind, freeze and shutdown unregister all of that, stop the work
+//! and delete the queues before they drop it ([`Live::stop`]).
 //!
 //! Where it differs from the C driver (each is an improvement; see
 //! `Documentation/virtio-balloon-rust/driver.rst`): it keeps a reserve of available memory the
@@ -28,6 +34,7 @@ mod oom;
 mod reporting;
 mod size;
 mod stats;
+mod wakeup;
 
 use core::mem::offset_of;
 use kernel::{
@@ -132,6 +139,8 @@ struct Balloon {
     #[pin]
     stop_update: SpinLockIrq<bool>,
     #[pin]
+    wakeup: wakeup::Wakeup,
+    #[pin]
     size_work: Work<Balloon, 0>,
     #[pin]
     stats_work: Work<Balloon, 1>,
@@ -156,6 +165,7 @@ impl WorkItem<0> for Balloon {
     type Pointer = Arc<Balloon>;
 
     fn run(this: Arc<Balloon>) {
+        let _awake = this.wakeup.process(this.vdev(), wakeup::Event::Size);
         Balloon::update_balloon_size_work(&this);
     }
 }
@@ -164,6 +174,7 @@ impl WorkItem<1> for Balloon {
     type Pointer = Arc<Balloon>;
 
     fn run(this: Arc<Balloon>) {
+        let _awake = this.wakeup.process(this.vdev(), wakeup::Event::Stats);
         this.stats_handle_request();
     }
 }
@@ -259,6 +270,7 @@ impl Balloon {
                 reporting_vq,
                 reporting_msg <- new_mutex!(RateLimit::new()),
                 stop_update <- new_spinlock_irq!(false),
+                wakeup <- wakeup::Wakeup::new(),
                 size_work <- new_work!("virtio_balloon_rust::size"),
                 stats_work <- new_work!("virtio_balloon_rust::stats"),
                 hint_work <- new_work!("virtio_balloon_rust::hint"),
@@ -278,6 +290,11 @@ impl Balloon {
         self.link().dev()
     }
 
+    /// The virtio device, for wakeup events.
+    fn vdev(&self) -> &virtio::Device {
+        self.link().vdev()
+    }
+
     fn has_feature(&self, bit: u32) -> bool {
         self.link().has_feature(bit)
     }
@@ -291,6 +308,8 @@ impl Balloon {
         workqueue::cancel_sync::<Self, 0>(this);
         workqueue::cancel_sync::<Self, 1>(this);
         workqueue::cancel_sync::<Self, 2>(this);
+        // The cancelled work cannot end its wakeup event any more.
+        this.wakeup.release(this.vdev());
     }
 }
 
@@ -302,38 +321,109 @@ struct Registrations {
 }
 
 impl Registrations {
-    fn none() -> Self {
-        Self {
-            reporting: None,
-            oom: None,
-            shrinker: None,
-        }
-    }
-
     /// Unregisters everything, reporting first: after this no callback of the rest of the
     /// kernel reaches the driver.
-    fn drop_all(&mut self) {
-        drop(self.reporting.take());
-        drop(self.oom.take());
-        drop(self.shrinker.take());
+    fn drop_all(self) {
+        let Self {
+            reporting,
+            oom,
+            shrinker,
+        } = self;
+        drop(reporting);
+        drop(oom);
+        drop(shrinker);
+    }
+}
+
+/// The device while it is live: from probe or restore to unbind, freeze or shutdown.
+struct Live {
+    b: Arc<Balloon>,
+    regs: Registrations,
+}
+
+impl Live {
+    /// Sets up the queues and the balloon, and registers what reaches it (probe, restore).
+    fn start(
+        dev: &virtio::Device<device::Core<'_>>,
+        queues: QueueFinder<BalloonDriver>,
+    ) -> Result<Self> {
+        let b = Balloon::new(dev, queues)?;
+        let has = |f| dev.has_feature(f);
+        // The host may read the poison value from DRIVER_OK on: write it now, once.
+        if has(F_PAGE_POISON) {
+            let val = balloon::poison_value().unwrap_or(0);
+            b.link()
+                .transport()
+                .write_config_le32(CFG_POISON_VAL, val)?;
+        }
+        let shrinker = match has(F_FREE_PAGE_HINT) {
+            true => Some(Shrinker::register(c"virtio-balloon", b.clone())?),
+            false => None,
+        };
+        let oom = match has(F_DEFLATE_ON_OOM) {
+            true => Some(oom_notifier::Registration::new(
+                b.clone(),
+                oom::NOTIFY_PRIORITY,
+            )?),
+            false => None,
+        };
+        let reporting = match has(F_REPORTING) {
+            true => Some(reporting::register(&b)?),
+            false => None,
+        };
+        Ok(Live {
+            b,
+            regs: Registrations {
+                reporting,
+                oom,
+                shrinker,
+            },
+        })
+    }
+
+    /// Ends the live device, in the C driver's order: unregisters what reaches the balloon,
+    /// stops the work items, gives every page back to the guest (telling the host first) if
+    /// `give_back`, and deletes the queues. Dropping the balloon then frees whatever the host
+    /// could not be told about: the device is reset and has forgotten it.
+    fn stop(self, dev: &virtio::Device<device::Core<'_>>, give_back: bool) {
+        let Live { b, regs } = self;
+        regs.drop_all();
+        Balloon::quiesce(&b);
+        if give_back {
+            b.deflate_all();
+            b.update_balloon_size();
+        }
+        b.link().transport().delete(dev);
+        // Only now, with the device reset, do the hinted blocks go back: none is on a ring.
+        b.return_hints(usize::MAX);
     }
 }
 
 /// Per-device data of the driver.
 #[pin_data]
 struct VirtioBalloon {
-    b: Arc<Balloon>,
-    /// The hint work runs here: freezable, CPU-intensive, per-CPU, as in the C driver. It is
-    /// destroyed with the device data, after `unbind` cancelled the work.
-    hint_wq: Option<OwnedQueue>,
+    /// `None` while suspended, and after shutdown. The atomic callbacks read it under the
+    /// lock; teardown takes it out, so nothing reaches a balloon whose queues are deleted.
     #[pin]
-    regs: Mutex<Registrations>,
+    live: SpinLockIrq<Option<Live>>,
+    /// The hint work runs here: freezable, CPU-intensive, per-CPU, as in the C driver. It
+    /// lives as long as the binding (the negotiated features do not change across suspend)
+    /// and is destroyed with the device data, after `unbind` cancelled the work.
+    hint_wq: Option<OwnedQueue>,
 }
 
 impl VirtioBalloon {
+    /// The live balloon, if any.
+    fn balloon(&self) -> Option<Arc<Balloon>> {
+        self.live.lock().as_ref().map(|l| l.b.clone())
+    }
+
     /// The host changed the config space, or the driver just came up (atomic context).
     fn changed(&self) {
-        let b = &self.b;
+        let live = self.live.lock();
+        let Some(Live { b, .. }) = &*live else {
+            return;
+        };
         // Held while queueing, so `quiesce` cannot miss a work item queued here.
         let stop = b.stop_update.lock();
         if *stop {
@@ -346,6 +436,14 @@ impl VirtioBalloon {
             if b.hint.cmd_id_changed() {
                 let _ = wq.enqueue::<Arc<Balloon>, 2>(b.clone());
             }
+        }
+    }
+
+    /// Takes the live device out and ends it (see [`Live::stop`]).
+    fn stop(&self, dev: &virtio::Device<device::Core<'_>>, give_back: bool) {
+        let live = self.live.lock().take();
+        if let Some(live) = live {
+            live.stop(dev, give_back);
         }
     }
 }
@@ -384,59 +482,27 @@ impl virtio::Driver for BalloonDriver {
         dev: &'bound virtio::Device<device::Core<'_>>,
         queues: QueueFinder<Self>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-        let setup = || -> Result<(Arc<Balloon>, Option<OwnedQueue>, Registrations)> {
-            let b = Balloon::new(dev, queues)?;
-            let has = |f| dev.has_feature(f);
-            // The host may read the poison value from DRIVER_OK on: write it now, once.
-            if has(F_PAGE_POISON) {
-                let val = balloon::poison_value().unwrap_or(0);
-                b.link()
-                    .transport()
-                    .write_config_le32(CFG_POISON_VAL, val)?;
-            }
-            let hint_wq = match has(F_FREE_PAGE_HINT) {
-                true => Some(OwnedQueue::new(
-                    c"balloon-wq",
-                    workqueue::flags::FREEZABLE
-                        | workqueue::flags::CPU_INTENSIVE
-                        | workqueue::flags::PERCPU,
-                    0,
-                )?),
-                false => None,
-            };
-            let shrinker = match has(F_FREE_PAGE_HINT) {
-                true => Some(Shrinker::register(c"virtio-balloon", b.clone())?),
-                false => None,
-            };
-            let oom = match has(F_DEFLATE_ON_OOM) {
-                true => Some(oom_notifier::Registration::new(
-                    b.clone(),
-                    oom::NOTIFY_PRIORITY,
-                )?),
-                false => None,
-            };
-            let reporting = match has(F_REPORTING) {
-                true => Some(reporting::register(&b)?),
-                false => None,
-            };
-            Ok((
-                b,
-                hint_wq,
-                Registrations {
-                    reporting,
-                    oom,
-                    shrinker,
-                },
-            ))
+        let hint_wq = match dev.has_feature(F_FREE_PAGE_HINT) {
+            true => OwnedQueue::new(
+                c"balloon-wq",
+                workqueue::flags::FREEZABLE
+                    | workqueue::flags::CPU_INTENSIVE
+                    | workqueue::flags::PERCPU,
+                0,
+            )
+            .map(Some),
+            false => Ok(None),
         };
-        let (b, hint_wq, regs) = match setup() {
-            Ok((b, wq, regs)) => (Ok(b), wq, regs),
-            Err(e) => (Err(e), None, Registrations::none()),
+        let live = hint_wq.and_then(|wq| Ok((Live::start(dev, queues)?, wq)));
+        // Only creates `power/wakeup`: events hold the system awake once user space enables it.
+        dev.set_wakeup_capable(true);
+        let (live, hint_wq) = match live {
+            Ok((live, wq)) => (Ok(live), wq),
+            Err(e) => (Err(e), None),
         };
         try_pin_init!(VirtioBalloon {
-            b: b?,
+            live <- new_spinlock_irq!(Some(live?)),
             hint_wq,
-            regs <- new_mutex!(regs),
         }? Error)
     }
 
@@ -444,13 +510,16 @@ impl virtio::Driver for BalloonDriver {
         dev: &'bound virtio::Device<device::Core<'_>>,
         this: Pin<&VirtioBalloon>,
     ) -> Result {
+        let b = this.balloon().ok_or(ENODEV)?;
         // Prime the stats queue: the host returns the buffer when it wants an update. The C
-        // driver fails the probe when this fails, and so do we.
-        this.b.prime_stats().inspect_err(|e| {
+        // driver fails the probe (or the restore) when this fails, and so do we.
+        b.prime_stats().inspect_err(|e| {
             dev_err!(dev.as_ref(), "cannot set up the stats queue: {:?}\n", e);
         })?;
+        // Empty after a restore: say so, in case the host missed it before the reset.
+        b.update_balloon_size();
         // The host may have set a target (or a hint cmd id) before the driver came.
-        if this.b.towards_target() != 0 {
+        if b.towards_target() != 0 {
             this.changed();
         }
         Ok(())
@@ -464,39 +533,44 @@ impl virtio::Driver for BalloonDriver {
         // Waiters on the inflate, deflate and reporting queues are woken by the bus; the hint
         // queue is polled.
         if slot == VQ_STATS {
-            Balloon::stats_request(&this.b);
+            if let Some(Live { b, .. }) = &*this.live.lock() {
+                Balloon::stats_request(b);
+            }
         }
     }
 
     fn unbind<'bound>(dev: &'bound virtio::Device<device::Core<'_>>, this: Pin<&VirtioBalloon>) {
-        let b = &this.b;
-        // The C driver's order: reporting, OOM notifier, shrinker, then the work items.
-        this.regs.lock().drop_all();
-        Balloon::quiesce(b);
         // Every page goes back to the guest, and the host hears of each first.
-        b.deflate_all();
-        b.update_balloon_size();
-        b.link().transport().delete(dev);
-        // Only now, with the device reset, do the hinted blocks go back: none is on a ring.
-        b.return_hints(usize::MAX);
+        this.stop(dev, true);
     }
 
-    fn shutdown<'bound>(_dev: &'bound virtio::Device<device::Core<'_>>, this: Pin<&VirtioBalloon>) {
-        this.regs.lock().drop_all();
-        Balloon::quiesce(&this.b);
+    /// As the C driver: quiesce without giving pages back; the bus then resets the device.
+    fn shutdown<'bound>(dev: &'bound virtio::Device<device::Core<'_>>, this: Pin<&VirtioBalloon>) {
+        this.stop(dev, false);
     }
 
-    /// Suspend is not supported yet: refuse it rather than lose the queues under the driver's
-    /// feet (the core resets the device on resume).
+    /// Suspend: the balloon empties (telling the host) and the device goes quiet until
+    /// `restore`. Unlike the C driver, which leaves them registered and relies on frozen work
+    /// queues, the OOM notifier, shrinker and page reporting go too: nothing can reach the
+    /// deleted queues.
     fn freeze<'bound>(
         dev: &'bound virtio::Device<device::Core<'_>>,
-        _this: Pin<&VirtioBalloon>,
+        this: Pin<&VirtioBalloon>,
     ) -> Result {
-        dev_err!(
-            dev.as_ref(),
-            "suspend is not supported by this driver yet\n"
-        );
-        Err(EOPNOTSUPP)
+        this.stop(dev, true);
+        Ok(())
+    }
+
+    /// Resume: new queues and a new, empty balloon; `ready` then primes the stats queue and
+    /// inflates to the host's target.
+    fn restore<'bound>(
+        dev: &'bound virtio::Device<device::Core<'_>>,
+        this: Pin<&VirtioBalloon>,
+        queues: QueueFinder<Self>,
+    ) -> Result {
+        let live = Live::start(dev, queues)?;
+        *this.live.lock() = Some(live);
+        Ok(())
     }
 }
 
