@@ -252,7 +252,10 @@ impl<T: Driver + 'static> Adapter<T> {
     }
 
     extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
-        // SAFETY: The core calls `freeze` on a bound device, holding the device lock.
+        // SAFETY: The transport's PM callback calls `freeze` (`virtio_device_freeze`) on a bound
+        // device, holding the transport (parent) device's lock, under which alone the transport
+        // removes the virtio device; user space and probing are frozen. That serializes it with
+        // `probe`, `remove` and `restore` as the device lock would.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
         // SAFETY: `freeze` is only called on a bound device, whose drvdata is `T::Data`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
@@ -267,7 +270,8 @@ impl<T: Driver + 'static> Adapter<T> {
     }
 
     extern "C" fn restore_callback(vdev: *mut bindings::virtio_device) -> c_int {
-        // SAFETY: The core calls `restore` on a bound device, holding the device lock.
+        // SAFETY: As in `freeze_callback`: called by the transport's PM callback on a bound
+        // device, serialized with `probe`, `remove` and `freeze` by the parent's lock.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
         // SAFETY: `restore` is only called on a bound device, whose drvdata is `T::Data`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
@@ -478,9 +482,10 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
     }
 
     /// Holds the system awake for an event of this device that is being handled
-    /// (`pm_stay_awake`): a suspend attempted meanwhile fails. A no-op unless user space
-    /// enabled wakeup (`power/wakeup`). Not counted: one [`Device::relax`] ends it. Any
-    /// context.
+    /// (`pm_stay_awake`): reading `/sys/power/wakeup_count` waits for it to end, and a suspend
+    /// started through the wakeup count protocol (or autosleep) fails meanwhile. A no-op unless
+    /// user space enabled wakeup (`power/wakeup`). Not counted: one [`Device::relax`] ends it.
+    /// Any context.
     pub fn stay_awake(&self) {
         // SAFETY: By the type invariant the device is valid; `pm_stay_awake` takes the
         // device's PM lock with interrupts disabled and does nothing without a wakeup source.
@@ -1379,8 +1384,10 @@ unsafe impl Send for Device {}
 
 // SAFETY: `Device<Normal>` methods read the feature bits and call the PM wakeup functions,
 // which take the device's own lock. The core writes the feature bits before `probe` and, while
-// the driver is bound, in `restore` (`finalize_features` clears transport bits already clear):
-// a rewrite with the negotiated value, which a concurrent reader sees unchanged.
+// the driver is bound, in `restore`: `finalize_features` rewrites the driver's bits with the
+// negotiated value, and on modern PCI clears and sets again a few transport bits (RING_RESET,
+// SR_IOV, ADMIN_VQ), which may read transiently clear then. Each bit is tested with one word
+// read (`__virtio_test_bit`); no driver feature changes while bound.
 unsafe impl Sync for Device {}
 
 // SAFETY: Same as `Device<Normal>`; `Bound` is a zero-sized type-state marker.

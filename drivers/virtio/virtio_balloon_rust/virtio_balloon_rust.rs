@@ -383,9 +383,12 @@ impl Live {
 
     /// Ends the live device, in the C driver's order: unregisters what reaches the balloon,
     /// stops the work items, gives every page back to the guest (telling the host first) if
-    /// `give_back`, and deletes the queues. Dropping the balloon then frees whatever the host
-    /// could not be told about: the device is reset and has forgotten it.
-    fn stop(self, dev: &virtio::Device<device::Core<'_>>, give_back: bool) {
+    /// `give_back`, and deletes the queues. Returns the balloon, with the pages not given
+    /// back: dropping it frees them (the device is reset and has forgotten them).
+    ///
+    /// A `Live` dropped without `stop` (only if probe fails after [`Live::start`], before
+    /// the device is ready) unregisters on drop and holds no pages.
+    fn stop(self, dev: &virtio::Device<device::Core<'_>>, give_back: bool) -> Arc<Balloon> {
         let Live { b, regs } = self;
         regs.drop_all();
         Balloon::quiesce(&b);
@@ -396,6 +399,7 @@ impl Live {
         b.link().transport().delete(dev);
         // Only now, with the device reset, do the hinted blocks go back: none is on a ring.
         b.return_hints(usize::MAX);
+        b
     }
 }
 
@@ -410,6 +414,10 @@ struct VirtioBalloon {
     /// lives as long as the binding (the negotiated features do not change across suspend)
     /// and is destroyed with the device data, after `unbind` cancelled the work.
     hint_wq: Option<OwnedQueue>,
+    /// The balloon after `shutdown`, with its pages: only an unbind (after kexec's shutdown,
+    /// say) frees them.
+    #[pin]
+    shut_down: Mutex<Option<Arc<Balloon>>>,
 }
 
 impl VirtioBalloon {
@@ -439,12 +447,14 @@ impl VirtioBalloon {
         }
     }
 
-    /// Takes the live device out and ends it (see [`Live::stop`]).
-    fn stop(&self, dev: &virtio::Device<device::Core<'_>>, give_back: bool) {
+    /// Takes the live device out and ends it (see [`Live::stop`]); returns the balloon.
+    fn stop(
+        &self,
+        dev: &virtio::Device<device::Core<'_>>,
+        give_back: bool,
+    ) -> Option<Arc<Balloon>> {
         let live = self.live.lock().take();
-        if let Some(live) = live {
-            live.stop(dev, give_back);
-        }
+        live.map(|live| live.stop(dev, give_back))
     }
 }
 
@@ -494,15 +504,19 @@ impl virtio::Driver for BalloonDriver {
             false => Ok(None),
         };
         let live = hint_wq.and_then(|wq| Ok((Live::start(dev, queues)?, wq)));
-        // Only creates `power/wakeup`: events hold the system awake once user space enables it.
-        dev.set_wakeup_capable(true);
         let (live, hint_wq) = match live {
-            Ok((live, wq)) => (Ok(live), wq),
+            Ok((live, wq)) => {
+                // Only creates `power/wakeup`: events hold the system awake once user space
+                // enables it.
+                dev.set_wakeup_capable(true);
+                (Ok(live), wq)
+            }
             Err(e) => (Err(e), None),
         };
         try_pin_init!(VirtioBalloon {
             live <- new_spinlock_irq!(Some(live?)),
             hint_wq,
+            shut_down <- new_mutex!(None),
         }? Error)
     }
 
@@ -541,12 +555,16 @@ impl virtio::Driver for BalloonDriver {
 
     fn unbind<'bound>(dev: &'bound virtio::Device<device::Core<'_>>, this: Pin<&VirtioBalloon>) {
         // Every page goes back to the guest, and the host hears of each first.
-        this.stop(dev, true);
+        drop(this.stop(dev, true));
+        // After a shutdown (kexec), the pages it kept go back now.
+        drop(this.shut_down.lock().take());
     }
 
     /// As the C driver: quiesce without giving pages back; the bus then resets the device.
+    /// The pages stay allocated (a reboot or poweroff follows): freeing them one by one would
+    /// only slow it down.
     fn shutdown<'bound>(dev: &'bound virtio::Device<device::Core<'_>>, this: Pin<&VirtioBalloon>) {
-        this.stop(dev, false);
+        *this.shut_down.lock() = this.stop(dev, false);
     }
 
     /// Suspend: the balloon empties (telling the host) and the device goes quiet until
@@ -557,7 +575,7 @@ impl virtio::Driver for BalloonDriver {
         dev: &'bound virtio::Device<device::Core<'_>>,
         this: Pin<&VirtioBalloon>,
     ) -> Result {
-        this.stop(dev, true);
+        drop(this.stop(dev, true));
         Ok(())
     }
 
@@ -569,7 +587,13 @@ impl virtio::Driver for BalloonDriver {
         queues: QueueFinder<Self>,
     ) -> Result {
         let live = Live::start(dev, queues)?;
-        *this.live.lock() = Some(live);
+        // Nothing can be there (`find_vqs` refuses a device with live queues), but an old
+        // device must not be dropped under the spinlock, nor without its teardown.
+        let old = this.live.lock().replace(live);
+        if let Some(old) = old {
+            dev_warn!(dev.as_ref(), "restore found the device live\n");
+            drop(old.stop(dev, true));
+        }
         Ok(())
     }
 }

@@ -2,12 +2,13 @@
 
 //! Holding the system awake while the balloon changes size or statistics are gathered.
 //!
-//! The device is wakeup-capable; once user space enables wakeup (`power/wakeup`), a suspend
-//! attempted between a host request and the end of the work that answers it fails instead of
-//! freezing the guest halfway through a balloon change. As in the C driver, each kind of work
-//! sets its bit when it is queued and clears it when it starts; the hold ends when a work item
-//! finishes with no bit set. Unlike the C driver, the hold also ends when the work is cancelled
-//! (unbind, freeze, shutdown): a cancelled request would otherwise block suspend for good.
+//! The device is wakeup-capable; once user space enables wakeup (`power/wakeup`), the event
+//! lasts from a host request to the end of the work that answers it: `/sys/power/wakeup_count`
+//! reads wait for it, and a suspend through that protocol fails meanwhile instead of freezing
+//! the guest halfway through a balloon change. As in the C driver, each kind of work sets its
+//! bit when it is queued and clears it when it starts; the hold ends when a work item finishes
+//! with no bit set. Unlike the C driver, the hold also ends when the work is cancelled (unbind,
+//! freeze, shutdown): after an unbind mid-change the C driver's event never ends.
 
 use kernel::{new_spinlock_irq, prelude::*, sync::SpinLockIrq, virtio};
 
