@@ -13,7 +13,7 @@
 //! | `target BYTES`   | sets the balloon and waits for actual == BYTES: `ACTUAL ms=ELAPSED` |
 //! | `set BYTES`      | sets the balloon target and answers at once       |
 //! | `stats-cadence INTERVAL SECONDS` | polls guest-stats at INTERVAL s for SECONDS s: `updates=N min-gap=G max-gap=H` |
-//! | `stats`          | a fresh `guest-stats` as `stat-NAME=VALUE ...`    |
+//! | `stats`          | a fresh `guest-stats` as `stat-NAME=VALUE ...`; polling goes back to the device's interval afterwards |
 //! | `rss`            | QEMU's resident set size, bytes                   |
 //! | `migrate`        | migrates to a sink, resumes; bytes transferred    |
 //! | `migrate-start BPS` | sets max-bandwidth to BPS bytes/s, starts a migration to a sink, answers at once; the VM resumes by itself when it completes |
@@ -21,13 +21,20 @@
 //! | `migrate-wait BPS` | sets max-bandwidth to BPS (0: unchanged), waits for the end, resumes, puts the bandwidth back: `status=completed transferred=N ... ms=WAITED` |
 //! | `reset`          | answers, then resets the machine                  |
 //! | `wait MS`        | answers after MS milliseconds                     |
+//! | `pause MS`       | stops the VM (QMP `stop`), waits MS ms (at most 60000), resumes it (`cont`): `ms=STOPPED`; the guest is frozen meanwhile, so the answer comes after `cont` |
+//! | `wake-after-suspend` | answers at once; a host thread polls `query-status` until the VM is `suspended` (the guest entered ACPI S3) and sends `system_wakeup` (gives up after 60 s) |
+//! | `wake-idle MS`   | answers at once; a host thread presses the ACPI power button MS ms (100 to 60000) later and every MS ms after that, until `wake-status` (at most 60 s): the guest's wake source from suspend-to-idle, which QEMU cannot see |
+//! | `wake-status`    | stops the wake thread and reports it: `woke=0/1 ms=N presses=N` (`ms`: from the wake request to `system_wakeup` or the first press; -1 when none) |
+//! | `unplug`         | `device_del` of the balloon (ACPI PCI hotplug), waits for its `DEVICE_DELETED` (60 s): `ms=ELAPSED` |
+//! | `plug`           | `device_add` of a balloon with the boot's properties: `ms=ELAPSED` (the guest binds it by itself) |
 
 use crate::qmp::Monitor;
-use crate::vm::Device;
+use crate::vm::{Device, BALLOON_DRIVER, BALLOON_ID};
 use serde_json::Value;
 use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +47,12 @@ const STATS_TIMEOUT: Duration = Duration::from_secs(20);
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where migrations go: the VM stays here and resumes.
 const MIGRATE_SINK: &str = "exec:cat > /dev/null";
+/// The longest `pause`.
+const PAUSE_MAX_MS: u64 = 60_000;
+/// How long a wake thread waits for the guest to suspend, or presses the power button.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `unplug` waits for the guest to release the device.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, PartialEq)]
 pub enum Request {
@@ -57,6 +70,12 @@ pub enum Request {
     MigrateWait(u64),
     Reset,
     Wait(u64),
+    Pause(u64),
+    WakeAfterSuspend,
+    WakeIdle(u64),
+    WakeStatus,
+    Unplug,
+    Plug,
 }
 
 pub fn parse(line: &str) -> Result<Request, String> {
@@ -92,6 +111,23 @@ pub fn parse(line: &str) -> Result<Request, String> {
             n => Err(format!("migrate-wait {n}: bandwidth must not be negative")),
         },
         "reset" => plain(Request::Reset),
+        "pause" => match num()? {
+            n if (1..=PAUSE_MAX_MS as i64).contains(&n) => Ok(Request::Pause(n as u64)),
+            n => Err(format!("pause {n}: 1 to {PAUSE_MAX_MS} ms")),
+        },
+        "wake-after-suspend" => plain(Request::WakeAfterSuspend),
+        "wake-idle" => match num()? {
+            n if (100..=WAKE_TIMEOUT.as_millis() as i64).contains(&n) => {
+                Ok(Request::WakeIdle(n as u64))
+            }
+            n => Err(format!(
+                "wake-idle {n}: 100 to {} ms",
+                WAKE_TIMEOUT.as_millis()
+            )),
+        },
+        "wake-status" => plain(Request::WakeStatus),
+        "unplug" => plain(Request::Unplug),
+        "plug" => plain(Request::Plug),
         "target" => match num()? {
             n if n > 0 => Ok(Request::Target(n)),
             n => Err(format!("target {n}: must be a positive number of bytes")),
@@ -121,6 +157,82 @@ struct Agent {
     saved_bandwidth: Cell<Option<u64>>,
     /// The thread that resumes the VM when the started migration ends.
     migration: Cell<Option<JoinHandle<io::Result<Value>>>>,
+    /// The thread that wakes a suspended guest.
+    wake: Cell<Option<Waker>>,
+}
+
+/// A wake thread and the flag that stops it.
+struct Waker {
+    thread: JoinHandle<io::Result<Woken>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// What a wake thread did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Woken {
+    /// From the request to `system_wakeup` or the first button press.
+    pub ms: Option<u128>,
+    /// Power button presses (suspend-to-idle).
+    pub presses: u32,
+}
+
+/// The `wake-status` answer.
+pub fn woken_line(w: &Woken) -> String {
+    format!(
+        "woke={} ms={} presses={}",
+        w.ms.is_some() as u8,
+        w.ms.map_or(-1, |m| m as i64),
+        w.presses
+    )
+}
+
+/// Sleeps `d` unless `stop` is set first; returns whether it was.
+fn sleep_unless(stop: &AtomicBool, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10).min(end - Instant::now()));
+    }
+    stop.load(Ordering::Relaxed)
+}
+
+/// Waits for the VM to enter ACPI S3 (run state `suspended`), then wakes it. The guest
+/// cannot ask while it sleeps. Takes the monitor per command.
+fn wake_after_suspend(qmp: Arc<Mutex<Monitor>>, stop: Arc<AtomicBool>) -> io::Result<Woken> {
+    let start = Instant::now();
+    while start.elapsed() < WAKE_TIMEOUT {
+        if lock(&qmp).status()? == "suspended" {
+            lock(&qmp).system_wakeup()?;
+            return Ok(Woken {
+                ms: Some(start.elapsed().as_millis()),
+                presses: 0,
+            });
+        }
+        if sleep_unless(&stop, Duration::from_millis(20)) {
+            break;
+        }
+    }
+    Ok(Woken::default())
+}
+
+/// Presses the power button every `every` until stopped: QEMU cannot tell when the guest
+/// is in suspend-to-idle (it keeps running), and a press before that is an input event
+/// nobody in the test guest listens to.
+fn wake_idle(
+    qmp: Arc<Mutex<Monitor>>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> io::Result<Woken> {
+    let start = Instant::now();
+    let mut w = Woken::default();
+    while !sleep_unless(&stop, every) && start.elapsed() < WAKE_TIMEOUT {
+        lock(&qmp).system_powerdown()?;
+        w.ms.get_or_insert(start.elapsed().as_millis());
+        w.presses += 1;
+    }
+    Ok(w)
 }
 
 /// Polls a running migration until it ends; resumes the VM when it completed (the guest
@@ -225,14 +337,23 @@ impl Agent {
 
     /// Waits for two updates after the request, so the values were computed
     /// by the guest after it asked (last-update has one-second resolution).
+    /// Polling, turned on for this when the device has it off, goes off again: a stats
+    /// request is a wakeup event in the guest, and polling every second would keep
+    /// suspend (with the wakeup count checked) from ever going through.
     fn stats(&self) -> io::Result<String> {
-        let (_, last0) = {
-            let mut q = lock(&self.qmp);
-            if self.device.stats_interval == 0 {
-                q.qom_set("guest-stats-polling-interval", Value::from(1))?;
-            }
-            q.guest_stats()?
-        };
+        let off = self.device.stats_interval == 0;
+        if off {
+            lock(&self.qmp).qom_set("guest-stats-polling-interval", Value::from(1))?;
+        }
+        let r = self.fresh_stats();
+        if off {
+            lock(&self.qmp).qom_set("guest-stats-polling-interval", Value::from(0))?;
+        }
+        r
+    }
+
+    fn fresh_stats(&self) -> io::Result<String> {
+        let (_, last0) = lock(&self.qmp).guest_stats()?;
         let start = Instant::now();
         loop {
             let (stats, last) = lock(&self.qmp).guest_stats()?;
@@ -311,6 +432,91 @@ impl Agent {
         ))
     }
 
+    /// Stops the VM for `ms`; answers how long it was stopped. A guest left stopped could
+    /// not even hear of the failure: `cont` is tried three times.
+    fn pause(&self, ms: u64) -> io::Result<String> {
+        lock(&self.qmp).stop()?;
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_millis(ms));
+        let mut r = lock(&self.qmp).cont();
+        for _ in 0..2 {
+            if r.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            r = lock(&self.qmp).cont();
+        }
+        r?;
+        Ok(format!("ms={}", start.elapsed().as_millis()))
+    }
+
+    fn start_wake(&self, idle: Option<Duration>) -> io::Result<String> {
+        if let Some(w) = self.wake.take() {
+            w.stop.store(true, Ordering::Relaxed);
+            let _ = w.thread.join();
+        }
+        let qmp = self.qmp.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || match idle {
+            Some(every) => wake_idle(qmp, flag, every),
+            None => wake_after_suspend(qmp, flag),
+        });
+        self.wake.set(Some(Waker { thread, stop }));
+        Ok(String::new())
+    }
+
+    fn wake_status(&self) -> io::Result<String> {
+        let waker = self
+            .wake
+            .take()
+            .ok_or_else(|| io::Error::other("no wake was requested"))?;
+        waker.stop.store(true, Ordering::Relaxed);
+        let w = waker
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("wake thread panicked")))?;
+        Ok(woken_line(&w))
+    }
+
+    /// Unplugs the balloon and waits until the guest released it.
+    fn unplug(&self) -> io::Result<String> {
+        let start = Instant::now();
+        let ours = |e: &Value| {
+            e["event"] == "DEVICE_DELETED" && e.pointer("/data/device") == Some(&BALLOON_ID.into())
+        };
+        {
+            let mut q = lock(&self.qmp);
+            while q.take_event(ours)?.is_some() {}
+            q.device_del(BALLOON_ID)?;
+        }
+        loop {
+            if lock(&self.qmp).take_event(ours)?.is_some() {
+                return Ok(format!("ms={}", start.elapsed().as_millis()));
+            }
+            if start.elapsed() > UNPLUG_TIMEOUT {
+                return Err(io::Error::other(format!(
+                    "no DEVICE_DELETED for {BALLOON_ID} in {}s: the guest did not release it",
+                    UNPLUG_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Plugs in a balloon like the boot's.
+    fn plug(&self) -> io::Result<String> {
+        let start = Instant::now();
+        let props = self
+            .device
+            .props()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.json()))
+            .collect();
+        lock(&self.qmp).device_add(BALLOON_DRIVER, BALLOON_ID, props)?;
+        Ok(format!("ms={}", start.elapsed().as_millis()))
+    }
+
     fn answer(&self, req: Request) -> io::Result<String> {
         Ok(match req {
             Request::Ram => self.ram.to_string(),
@@ -341,6 +547,12 @@ impl Agent {
             Request::MigrateStart(b) => self.migrate_start(b)?,
             Request::MigrateStatus => migration_line(&lock(&self.qmp).query_migrate()?),
             Request::MigrateWait(b) => self.migrate_wait(b)?,
+            Request::Pause(ms) => self.pause(ms)?,
+            Request::WakeAfterSuspend => self.start_wake(None)?,
+            Request::WakeIdle(ms) => self.start_wake(Some(Duration::from_millis(ms)))?,
+            Request::WakeStatus => self.wake_status()?,
+            Request::Unplug => self.unplug()?,
+            Request::Plug => self.plug()?,
             Request::Reset | Request::Wait(_) => String::new(),
         })
     }
@@ -363,6 +575,7 @@ pub fn spawn(port: UnixStream, qmp: Arc<Mutex<Monitor>>, ram: u64, device: Devic
         qemu_pid,
         saved_bandwidth: Cell::new(None),
         migration: Cell::new(None),
+        wake: Cell::new(None),
     };
     std::thread::spawn(move || {
         let Ok(mut out) = port.try_clone() else {
@@ -443,6 +656,42 @@ mod tests {
         assert!(parse("migrate-wait -1").is_err());
         assert_eq!(parse("migrate-status"), Ok(Request::MigrateStatus));
         assert!(parse("migrate-status now").is_err());
+    }
+
+    #[test]
+    fn lifecycle_requests() {
+        assert_eq!(parse("pause 10000"), Ok(Request::Pause(10000)));
+        assert!(parse("pause 0").is_err());
+        assert!(parse("pause 60001").is_err());
+        assert!(parse("pause").is_err());
+        assert_eq!(parse("wake-after-suspend"), Ok(Request::WakeAfterSuspend));
+        assert!(parse("wake-after-suspend 5").is_err());
+        assert_eq!(parse("wake-idle 1500"), Ok(Request::WakeIdle(1500)));
+        assert!(parse("wake-idle 99").is_err());
+        assert!(parse("wake-idle 60001").is_err());
+        assert!(parse("wake-idle").is_err());
+        assert_eq!(parse("wake-status"), Ok(Request::WakeStatus));
+        assert_eq!(parse("unplug"), Ok(Request::Unplug));
+        assert_eq!(parse("plug"), Ok(Request::Plug));
+        assert!(parse("plug balloon0").is_err());
+    }
+
+    #[test]
+    fn wake_summary() {
+        assert_eq!(woken_line(&Woken::default()), "woke=0 ms=-1 presses=0");
+        let w = Woken {
+            ms: Some(1502),
+            presses: 2,
+        };
+        assert_eq!(woken_line(&w), "woke=1 ms=1502 presses=2");
+    }
+
+    #[test]
+    fn wake_idle_stops_when_told() {
+        let stop = AtomicBool::new(true);
+        assert!(sleep_unless(&stop, Duration::from_secs(60)));
+        let go = AtomicBool::new(false);
+        assert!(!sleep_unless(&go, Duration::from_millis(1)));
     }
 
     #[test]

@@ -31,9 +31,9 @@ options:
                       zero-on-free-unsupported) and options: deflate-on-oom,
                       free-page-reporting, free-page-hint, stats=N,
                       page-poison=on|off, guest=KERNEL_ARG (repeatable),
-                      tests=SEL+SEL (FIXTURE or FIXTURE.TEST; default: the
-                      core suite, balloon); check takes it several times
-                      (default: plain)
+                      cpus=N (instead of --cpus), tests=SEL+SEL (FIXTURE or
+                      FIXTURE.TEST; default: the core suite, balloon); check
+                      takes it several times (default: plain)
   --fallback MODULE   demo: if the driver does not bind, show this one
   --accel ACCEL       tcg (default) or kvm
   --mem MIB           guest RAM (default 1024)
@@ -111,7 +111,7 @@ fn config(a: &Args, driver: &str, device: &Device, mode: &str) -> Config {
         kernel: a.kernel.clone(),
         initrd: a.initrd.clone(),
         mem_mib: a.mem,
-        cpus: a.cpus,
+        cpus: device.cpus.unwrap_or(a.cpus),
         driver: driver.into(),
         mode: mode.into(),
         device: device.clone(),
@@ -324,7 +324,58 @@ fn fresh_stats(vm: &Vm) -> Result<serde_json::Value, String> {
     Err(format!("guest-stats last-update stuck at {first}"))
 }
 
-/// Host-side checks that need a whole guest: stats keep flowing across `system_reset`.
+/// `stat-total-memory` of a fresh guest-stats update.
+fn fresh_total(vm: &Vm) -> Result<i64, String> {
+    let s = fresh_stats(vm)?;
+    s["stat-total-memory"]
+        .as_i64()
+        .filter(|t| *t > 0)
+        .ok_or_else(|| format!("no stat-total-memory in {s}"))
+}
+
+/// Sets the balloon target and waits until QEMU's `actual` equals it.
+fn reach(vm: &Vm, target: i64) -> Result<(), String> {
+    vm.qmp
+        .lock()
+        .unwrap()
+        .set_target(target)
+        .map_err(|e| e.to_string())?;
+    wait_actual(vm, target)
+}
+
+/// Waits until QEMU's `actual` equals `target`.
+fn wait_actual(vm: &Vm, target: i64) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let actual = vm.qmp.lock().unwrap().actual().map_err(|e| e.to_string())?;
+        if actual == target {
+            return Ok(());
+        }
+        if start.elapsed() > agent::TARGET_TIMEOUT {
+            return Err(format!(
+                "actual {} MiB, target {} MiB after {}s",
+                actual >> 20,
+                target >> 20,
+                agent::TARGET_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long the guest may take to power off before it counts as hung.
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
+/// The balloons of the host checks: reset with one, reset while inflating to another.
+const RESET_BALLOON: i64 = 128 << 20;
+const MID_BALLOON: i64 = 512 << 20;
+/// The reset comes once the balloon is at least this big on its way to MID_BALLOON.
+const MID_RESET_AT: i64 = 256 << 20;
+
+/// Host-side checks that need a whole guest, in one idle boot: stats keep flowing across
+/// `system_reset`; QEMU keeps the balloon target across a reset (with the balloon inflated
+/// and while it inflates) and the driver of the new boot inflates to it again, which the
+/// guest's own MemTotal in guest-stats confirms (QEMU's `actual` alone could be a stale
+/// value from before the reset); the guest powers off with the balloon inflated.
 fn host_checks(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
     let cfg = config(a, driver, device, "idle");
     eprintln!(
@@ -335,35 +386,133 @@ fn host_checks(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
         Ok(vm) => vm,
         Err(e) => return vec![fail("host: boot", e.to_string())],
     };
-    let name = "host: stats flow after system_reset";
-    let result = (|| -> Result<(), String> {
+    let ram = (a.mem << 20) as i64;
+    // MemTotal drops by the balloon unless the guest may take it back on OOM.
+    let shrinks = if device.deflate_on_oom { 0 } else { 1 };
+    let mut results = Vec::new();
+    let mut row = |name: &str, r: Result<String, String>| {
+        results.push(match r {
+            Ok(note) => TestResult {
+                name: name.into(),
+                status: Status::Pass,
+                note,
+            },
+            Err(e) => fail(name, e),
+        })
+    };
+
+    let mut total0 = 0;
+    let booted = (|| -> Result<(), String> {
         wait_idle(&mut vm)?;
-        let q = || vm.qmp.lock().unwrap();
-        q().qom_set("guest-stats-polling-interval", 1.into())
+        vm.qmp
+            .lock()
+            .unwrap()
+            .qom_set("guest-stats-polling-interval", 1.into())
             .map_err(|e| e.to_string())?;
-        let before = fresh_stats(&vm)?;
-        q().system_reset().map_err(|e| e.to_string())?;
-        wait_idle(&mut vm)?;
-        let after = fresh_stats(&vm)?;
-        let total = |s: &serde_json::Value| s["stat-total-memory"].as_i64().unwrap_or(-1);
-        if total(&after) <= 0 || total(&after) != total(&before) {
-            return Err(format!(
-                "stat-total-memory {} before reset, {} after",
-                total(&before),
-                total(&after)
-            ));
-        }
+        total0 = fresh_total(&vm)?;
         Ok(())
     })();
+    if let Err(e) = booted {
+        row("host: boot", Err(e));
+    } else {
+        // 1. system_reset with the balloon inflated.
+        let mut reset = || -> Result<(i64, i64), String> {
+            reach(&vm, ram - RESET_BALLOON)?;
+            let before = fresh_total(&vm)?;
+            vm.qmp
+                .lock()
+                .unwrap()
+                .system_reset()
+                .map_err(|e| e.to_string())?;
+            wait_idle(&mut vm)?;
+            let after = fresh_total(&vm)?;
+            Ok((before, after))
+        };
+        let r = reset();
+        row(
+            "host: stats flow after system_reset",
+            r.as_ref().map(|_| String::new()).map_err(String::clone),
+        );
+        let settled = r.and_then(|(before, _)| {
+            wait_actual(&vm, ram - RESET_BALLOON)?;
+            let after = fresh_total(&vm)?;
+            if after != before || before != total0 - shrinks * RESET_BALLOON {
+                return Err(format!(
+                    "guest MemTotal {} MiB before the reset with {} MiB ballooned, {} MiB after \
+                     (full: {} MiB)",
+                    before >> 20,
+                    RESET_BALLOON >> 20,
+                    after >> 20,
+                    total0 >> 20
+                ));
+            }
+            Ok(String::new())
+        });
+        row("host: balloon re-inflates after system_reset", settled);
+
+        // 2. system_reset while the balloon inflates.
+        let mid = (|| -> Result<String, String> {
+            let target = ram - MID_BALLOON;
+            vm.qmp
+                .lock()
+                .unwrap()
+                .set_target(target)
+                .map_err(|e| e.to_string())?;
+            let start = Instant::now();
+            let at = loop {
+                let actual = vm.qmp.lock().unwrap().actual().map_err(|e| e.to_string())?;
+                if actual <= ram - MID_RESET_AT && actual > target {
+                    break actual;
+                }
+                if actual == target || start.elapsed() > agent::TARGET_TIMEOUT {
+                    return Err(format!(
+                        "did not see the balloon between {} and {} MiB (at {} MiB)",
+                        MID_RESET_AT >> 20,
+                        MID_BALLOON >> 20,
+                        (ram - actual) >> 20
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            vm.qmp
+                .lock()
+                .unwrap()
+                .system_reset()
+                .map_err(|e| e.to_string())?;
+            wait_idle(&mut vm)?;
+            wait_actual(&vm, target)?;
+            let after = fresh_total(&vm)?;
+            if after != total0 - shrinks * MID_BALLOON {
+                return Err(format!(
+                    "guest MemTotal {} MiB with {} MiB ballooned (full: {} MiB)",
+                    after >> 20,
+                    MID_BALLOON >> 20,
+                    total0 >> 20
+                ));
+            }
+            Ok(format!("reset at {} MiB", (ram - at) >> 20))
+        })();
+        row(
+            "host: balloon reaches its target after system_reset mid-inflate",
+            mid,
+        );
+
+        // 3. Power-off with the balloon inflated (to MID_BALLOON, or whatever is left of it).
+        let off = (|| -> Result<String, String> {
+            vm.console_write("poweroff").map_err(|e| e.to_string())?;
+            let took = vm.wait_exit(POWEROFF_TIMEOUT).ok_or(format!(
+                "QEMU still runs {}s after the guest was told to power off",
+                POWEROFF_TIMEOUT.as_secs()
+            ))?;
+            eprintln!(
+                "   poweroff with the balloon inflated: QEMU exited after {} ms",
+                took.as_millis()
+            );
+            Ok(format!("{} ms", took.as_millis()))
+        })();
+        row("host: poweroff with the balloon inflated", off);
+    }
     vm.finish(Duration::from_secs(1));
-    let mut results = vec![match result {
-        Ok(()) => TestResult {
-            name: name.into(),
-            status: Status::Pass,
-            note: String::new(),
-        },
-        Err(e) => fail(name, e),
-    }];
     results.push(log_clean(&vm));
     results
 }

@@ -2,7 +2,7 @@
 //! Typed QMP client for the commands the balloon tests use.
 
 use qapi::{qmp, Qmp, Stream};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::io::{self, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -12,10 +12,17 @@ pub const BALLOON_PATH: &str = "/machine/peripheral/balloon0";
 
 type Conn = Qmp<Stream<BufReader<UnixStream>, UnixStream>>;
 
+/// Events kept for [`Monitor::take_event`]; older ones are dropped.
+const RECENT_EVENTS: usize = 256;
+
 pub struct Monitor {
     qmp: Conn,
     /// Where QMP events (BALLOON_CHANGE, RESET, SHUTDOWN, ...) go, one JSON line each.
     events: std::fs::File,
+    /// Events not yet taken, oldest first. QEMU sends them between answers; whichever
+    /// command reads one keeps it here, so a thread waiting for an event sees it whoever
+    /// held the monitor at the time.
+    recent: std::collections::VecDeque<Value>,
 }
 
 fn err(e: impl std::fmt::Display) -> io::Error {
@@ -28,7 +35,11 @@ impl Monitor {
         let reader = BufReader::new(sock.try_clone()?);
         let mut qmp = Qmp::new(Stream::new(reader, sock));
         qmp.handshake().map_err(err)?;
-        Ok(Monitor { qmp, events })
+        Ok(Monitor {
+            qmp,
+            events,
+            recent: Default::default(),
+        })
     }
 
     fn run<C: qapi::Command>(&mut self, cmd: &C) -> io::Result<C::Ok> {
@@ -36,8 +47,70 @@ impl Monitor {
         for ev in self.qmp.events() {
             let v = serde_json::to_value(&ev).unwrap_or(Value::Null);
             let _ = writeln!(self.events, "{v}");
+            if self.recent.len() == RECENT_EVENTS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(v);
         }
         r
+    }
+
+    /// Reads the events QEMU sent so far (a cheap command brings them in), then removes
+    /// and returns the first one `matches` accepts.
+    pub fn take_event(&mut self, matches: impl Fn(&Value) -> bool) -> io::Result<Option<Value>> {
+        self.status()?;
+        Ok(self
+            .recent
+            .iter()
+            .position(matches)
+            .and_then(|i| self.recent.remove(i)))
+    }
+
+    /// The run state: `running`, `paused`, `suspended` (the guest is in ACPI S3), ...
+    pub fn status(&mut self) -> io::Result<String> {
+        let s = self.run(&qmp::query_status {})?;
+        match serde_json::to_value(s.status).map_err(err)? {
+            Value::String(s) => Ok(s),
+            v => Err(err(format!("query-status: status {v}"))),
+        }
+    }
+
+    /// Pauses the VM (QMP `stop`).
+    pub fn stop(&mut self) -> io::Result<()> {
+        self.run(&qmp::stop {}).map(|_| ())
+    }
+
+    /// Wakes a guest suspended to RAM (ACPI S3).
+    pub fn system_wakeup(&mut self) -> io::Result<()> {
+        self.run(&qmp::system_wakeup {}).map(|_| ())
+    }
+
+    /// Presses the ACPI power button.
+    pub fn system_powerdown(&mut self) -> io::Result<()> {
+        self.run(&qmp::system_powerdown {}).map(|_| ())
+    }
+
+    /// Asks the guest to release device `id` (ACPI PCI hotplug); QEMU sends
+    /// `DEVICE_DELETED` once the guest ejected it.
+    pub fn device_del(&mut self, id: &str) -> io::Result<()> {
+        self.run(&qmp::device_del { id: id.into() }).map(|_| ())
+    }
+
+    /// Hot-plugs a `driver` device named `id` with properties `props` (typed JSON:
+    /// QEMU 10 rejects `"on"` for a boolean here).
+    pub fn device_add(
+        &mut self,
+        driver: &str,
+        id: &str,
+        props: Map<String, Value>,
+    ) -> io::Result<()> {
+        let cmd = qmp::device_add {
+            driver: driver.into(),
+            id: Some(id.into()),
+            bus: None,
+            arguments: props,
+        };
+        self.run(&cmd).map(|_| ())
     }
 
     /// The balloon's size as the host sees it: guest RAM minus what the
