@@ -213,10 +213,10 @@ impl<T: Driver + 'static> Adapter<T> {
             // while this runs (see above).
             unsafe { <Arc<Transport> as ForeignOwnable>::borrow(t.cast()) }.signal_used();
         }
-        // SAFETY: `vdev` is valid while its queues exist, and this callback is one of them.
         // Queue callbacks stop only at `del_vqs` (its `free_irq` waits for a running one), not
         // at reset; the bus deletes the queues in `remove` (`Transport::kill`) before drvdata
         // goes away, and drvdata is set before DRIVER_OK.
+        // SAFETY: `vdev` is valid while its queues exist, and this callback is one of them.
         let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
         // A device that uses buffers before DRIVER_OK breaks the spec; do not trust it.
         if !dev.has_drvdata() {
@@ -252,10 +252,11 @@ impl<T: Driver + 'static> Adapter<T> {
     }
 
     extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
-        // SAFETY: The transport's PM callback calls `freeze` (`virtio_device_freeze`) on a bound
-        // device, holding the transport (parent) device's lock, under which alone the transport
-        // removes the virtio device; user space and probing are frozen. That serializes it with
-        // `probe`, `remove` and `restore` as the device lock would.
+        // The transport's PM callback calls `freeze` (`virtio_device_freeze`) holding the
+        // transport (parent) device's lock, under which alone the transport removes the virtio
+        // device; user space and probing are frozen. That serializes it with `probe`, `remove`
+        // and `restore` as the device lock would.
+        // SAFETY: `vdev` is a valid, bound device, serialized as `Core` requires (see above).
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
         // SAFETY: `freeze` is only called on a bound device, whose drvdata is `T::Data`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
