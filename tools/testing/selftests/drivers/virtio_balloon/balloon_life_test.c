@@ -272,6 +272,24 @@ static long long wait_inflating(long long bytes, int secs)
 	return -1;
 }
 
+/*
+ * Sets a target @bytes below full RAM and returns once a quarter of it is in
+ * (what the balloon then holds), to act in the middle of a large inflate.
+ */
+static long long start_inflate(struct __test_metadata *_metadata,
+			       struct life_ctx *c, long long bytes)
+{
+	long long at;
+
+	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "set %lld",
+			      c->ram - bytes)) {
+		TH_LOG("host 'set': %s", c->why);
+	}
+	at = wait_inflating(bytes / 4, 30);
+	ASSERT_LT(0, at) TH_LOG("the balloon did not inflate");
+	return at;
+}
+
 static long long suspend_count(void)
 {
 	return read_num(SUSPEND_OK);
@@ -445,11 +463,7 @@ TEST_F_TIMEOUT(lifecycle, suspend_during_large_inflate, LIFE_TIMEOUT)
 	free0 = free_bytes();
 	big = large_balloon();
 	ASSERT_LT(STEP, big);
-	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "set %lld", c->ram - big)) {
-		TH_LOG("host 'set': %s", c->why);
-	}
-	at = wait_inflating(big / 4, 30);
-	ASSERT_LT(0, at) TH_LOG("the balloon did not inflate");
+	at = start_inflate(_metadata, c, big);
 	r = suspend_idle(c, &ms);
 	ASSERT_EQ(0, r) TH_LOG("suspend: %s (%s)", strerror(-r), c->why);
 	TH_LOG("suspended with %lld of %lld MiB inflated; back after %lld ms", at / MIB,
@@ -553,11 +567,7 @@ TEST_F_TIMEOUT(lifecycle, pause_mid_inflate, LIFE_TIMEOUT)
 	total0 = proc_meminfo("MemTotal");
 	big = large_balloon();
 	ASSERT_LT(STEP, big);
-	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "set %lld", c->ram - big)) {
-		TH_LOG("host 'set': %s", c->why);
-	}
-	at = wait_inflating(big / 4, 30);
-	ASSERT_LT(0, at) TH_LOG("the balloon did not inflate");
+	at = start_inflate(_metadata, c, big);
 	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "pause %d", PAUSE_MS)) {
 		TH_LOG("host 'pause': %s", c->why);
 	}
@@ -589,12 +599,7 @@ static void unplug_and_plug(struct __test_metadata *_metadata, struct life_ctx *
 		ASSERT_EQ(0, balloon_to(_metadata, c, below));
 		at = below;
 	} else {
-		ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "set %lld",
-				      c->ram - below)) {
-			TH_LOG("host 'set': %s", c->why);
-		}
-		at = wait_inflating(below / 4, 30);
-		ASSERT_LT(0, at) TH_LOG("the balloon did not inflate");
+		at = start_inflate(_metadata, c, below);
 	}
 	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "unplug")) {
 		TH_LOG("host 'unplug': %s", c->why);
@@ -685,11 +690,7 @@ TEST_F_TIMEOUT(lifecycle, unbind_mid_inflate_returns_every_page, LIFE_TIMEOUT)
 	free0 = free_bytes();
 	big = large_balloon();
 	ASSERT_LT(STEP, big);
-	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "set %lld", c->ram - big)) {
-		TH_LOG("host 'set': %s", c->why);
-	}
-	at = wait_inflating(big / 4, 30);
-	ASSERT_LT(0, at) TH_LOG("the balloon did not inflate");
+	at = start_inflate(_metadata, c, big);
 	name = strrchr(c->dev, '/') + 1;
 	snprintf(path, sizeof(path), "/sys/bus/virtio/drivers/%s/unbind", driver_name());
 	ASSERT_EQ(0, sysfs_write(path, name));
