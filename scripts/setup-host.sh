@@ -13,7 +13,7 @@ say() { echo ">> setup: $*"; }
 # command -> Debian package
 need_pkgs=()
 for pair in clang-19:clang-19 ld.lld-19:lld-19 llvm-ar-19:llvm-19 flex:flex bison:bison bc:bc \
-	    cpio:cpio rsync:rsync insmod:kmod patch:patch gcc:gcc make:make; do
+	    cpio:cpio rsync:rsync insmod:kmod patch:patch gcc:gcc make:make lz4:lz4; do
 	command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")
 done
 for pkg in libclang-19-dev libelf-dev libssl-dev busybox-static; do
