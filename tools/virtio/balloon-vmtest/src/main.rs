@@ -267,6 +267,13 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
         ));
     }
     results.push(log_clean(&vm));
+    if device.kmemleak && vm.log.iter().any(|l| l.starts_with("@@KMEMLEAK-OFF")) {
+        results.push(fail(
+            "kmemleak clean",
+            "kmemleak was off in the guest (disabled itself, or a kernel without it: \
+             kmemleak=off)",
+        ));
+    }
     if vm.log.iter().any(|l| l.starts_with("@@KMEMLEAK-END")) {
         let leaks = logscan::kmemleak(&vm.log);
         if leaks.is_empty() {
@@ -293,6 +300,16 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
         }
     }
     results
+}
+
+/// QMP `system_reset`, then waits until the new boot is idle.
+fn reset_and_wait(vm: &mut Vm) -> Result<(), String> {
+    vm.qmp
+        .lock()
+        .unwrap()
+        .system_reset()
+        .map_err(|e| e.to_string())?;
+    wait_idle(vm)
 }
 
 /// Waits until the guest (re)booted, loaded the driver and is idle.
@@ -419,12 +436,7 @@ fn host_checks(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
         let mut reset = || -> Result<(i64, i64), String> {
             reach(&vm, ram - RESET_BALLOON)?;
             let before = fresh_total(&vm)?;
-            vm.qmp
-                .lock()
-                .unwrap()
-                .system_reset()
-                .map_err(|e| e.to_string())?;
-            wait_idle(&mut vm)?;
+            reset_and_wait(&mut vm)?;
             let after = fresh_total(&vm)?;
             Ok((before, after))
         };
@@ -474,12 +486,7 @@ fn host_checks(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
                 }
                 std::thread::sleep(Duration::from_millis(2));
             };
-            vm.qmp
-                .lock()
-                .unwrap()
-                .system_reset()
-                .map_err(|e| e.to_string())?;
-            wait_idle(&mut vm)?;
+            reset_and_wait(&mut vm)?;
             wait_actual(&vm, target)?;
             let after = fresh_total(&vm)?;
             if after != total0 - shrinks * MID_BALLOON {

@@ -16,18 +16,24 @@ use std::time::{Duration, Instant};
 /// Named configurations `make check` runs: device options, guest kernel
 /// arguments and the tests each one needs (see testing.rst). A name may be
 /// followed by more options: `deflate-on-oom,stats=2`.
+///
+/// kmemleak (10 s of every boot under TCG) runs where a driver's allocations end: unbind,
+/// reload, suspend, unplug (`plain`), OOM deflate, the hinting shrinker and both queues
+/// (`deflate-on-oom`, `hint`, `hint-reporting`). The other boots run a subset of the
+/// same code with another device or guest setting, under KASAN and lockdep only.
 pub const PRESETS: &[(&str, &str)] = &[
     (
         "plain",
-        "tests=balloon+features+oom.kills_without_deflate_on_oom+compaction+lifecycle",
+        "tests=balloon+polling+features+oom.kills_without_deflate_on_oom+compaction+lifecycle",
     ),
     (
         "deflate-on-oom",
-        "deflate-on-oom,tests=balloon+features+oom.deflates_instead_of_killing",
+        "deflate-on-oom,\
+         tests=balloon+features+oom.deflates_instead_of_killing+oom.unbind_while_deflating",
     ),
     (
         "reporting",
-        "free-page-reporting,stats=2,tests=features+queues+reporting",
+        "free-page-reporting,stats=2,kmemleak=off,tests=features+queues+reporting",
     ),
     ("hint", "free-page-hint,stats=2,tests=features+queues+hint"),
     (
@@ -37,22 +43,22 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
     (
         "poison",
-        "free-page-reporting,guest=page_poison=1,tests=features+poison",
+        "free-page-reporting,guest=page_poison=1,kmemleak=off,tests=features+poison",
     ),
     (
         "poison-unsupported",
-        "free-page-reporting,page-poison=off,guest=page_poison=1,tests=features",
+        "free-page-reporting,page-poison=off,guest=page_poison=1,kmemleak=off,tests=features",
     ),
     (
         "zero-on-free",
-        "free-page-reporting,guest=init_on_free=1,tests=features+poison",
+        "free-page-reporting,guest=init_on_free=1,kmemleak=off,tests=features+poison",
     ),
     // One CPU: under TCG a two-CPU guest takes 3 s to minutes to resume from S3 (timer
     // and RCU softirqs, ACPI link methods after the CPU comes back); one CPU takes 3 s.
     // This short boot carries the S3 test instead of a boot of its own.
     (
         "zero-on-free-unsupported",
-        "free-page-reporting,page-poison=off,guest=init_on_free=1,cpus=1,\
+        "free-page-reporting,page-poison=off,guest=init_on_free=1,cpus=1,kmemleak=off,\
          tests=features+lifecycle_s3",
     ),
 ];
@@ -79,6 +85,9 @@ pub struct Device {
     pub preset: Option<String>,
     /// Guest CPUs, when the configuration needs a number of its own (`cpus=N`).
     pub cpus: Option<u32>,
+    /// kmemleak tracks the guest's allocations and is read at the end of a check boot
+    /// (`kmemleak=off`: not in this configuration). It costs about 10 s a boot under TCG.
+    pub kmemleak: bool,
 }
 
 /// A property of the balloon device: on the command line `name=on|off|N|text`, in QMP
@@ -124,6 +133,7 @@ impl Default for Device {
             tests: vec![CORE_TESTS.into()],
             preset: None,
             cpus: None,
+            kmemleak: true,
         }
     }
 }
@@ -133,7 +143,8 @@ impl Device {
     /// `plain` or an empty string is the device with no options. A preset
     /// name (see [`PRESETS`]) may come first. Options: `deflate-on-oom`,
     /// `free-page-reporting`, `free-page-hint`, `stats=N`,
-    /// `page-poison=on|off`, `guest=ARG` (repeatable), `cpus=N`, `tests=SEL+SEL`.
+    /// `page-poison=on|off`, `guest=ARG` (repeatable), `cpus=N`, `kmemleak=on|off`,
+    /// `tests=SEL+SEL`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut d = Device::default();
         let mut opts: Vec<&str> = s.split(',').filter(|o| !o.is_empty()).collect();
@@ -164,6 +175,7 @@ impl Device {
                     d.stats_interval = n.parse().map_err(|e| format!("'{opt}': {e}"))?
                 }
                 Some(("page-poison", v)) => d.page_poison = onoff(v)?,
+                Some(("kmemleak", v)) => d.kmemleak = onoff(v)?,
                 Some(("cpus", n)) => match n.parse::<u32>() {
                     Ok(n) if n > 0 => d.cpus = Some(n),
                     _ => return Err(format!("'{opt}': a positive number")),
@@ -211,6 +223,9 @@ impl Device {
         }
         if let Some(n) = self.cpus {
             v.push(format!("cpus={n}"));
+        }
+        if !self.kmemleak {
+            v.push("kmemleak=off".into());
         }
         if v.is_empty() {
             "plain".into()
@@ -267,6 +282,7 @@ fn valid_selector(s: &str) -> bool {
     }
 }
 
+#[derive(Clone)]
 pub struct Config {
     pub qemu: String,
     pub accel: String,
@@ -305,10 +321,16 @@ impl Config {
                 &self.initrd.display().to_string(),
                 "-append",
                 &format!(
-                    "console=ttyS0 panic=-1 vb.driver={} vb.mode={} {}",
+                    "console=ttyS0 panic=-1 vb.driver={} vb.mode={} {}{}",
                     self.driver,
                     self.mode,
-                    self.device.append()
+                    self.device.append(),
+                    // Only a check boot reads kmemleak's report.
+                    if self.mode == "check" && self.device.kmemleak {
+                        ""
+                    } else {
+                        " kmemleak=off"
+                    }
                 ),
                 "-chardev",
                 &format!("socket,id=con0,path={d}/console.sock,server=on,wait=on"),
@@ -637,10 +659,23 @@ mod tests {
         assert!(a.contains("-object iothread,id=iot0 -device virtio-balloon-pci,id=balloon0"));
         assert!(!a.contains("-cpu host"));
         assert!(a.contains("-no-reboot"));
+        assert!(!a.contains("kmemleak"));
+        let quiet = Config {
+            device: Device::parse("free-page-hint,kmemleak=off").unwrap(),
+            ..cfg.clone()
+        };
+        assert!(quiet
+            .qemu_args()
+            .join(" ")
+            .contains("vb.tests=balloon kmemleak=off -chardev"));
+        assert_eq!(quiet.device.name(), "free-page-hint,kmemleak=off");
+        // Nobody reads kmemleak's report outside a check boot.
         let idle = Config {
             mode: "idle".into(),
             ..cfg
         };
-        assert!(!idle.qemu_args().join(" ").contains("-no-reboot"));
+        let a = idle.qemu_args().join(" ");
+        assert!(!a.contains("-no-reboot"));
+        assert!(a.contains(" kmemleak=off"));
     }
 }

@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kselftest_harness.h"
+
 #define VIRTIO_ID_BALLOON		5
 #define VIRTIO_BALLOON_F_STATS_VQ	1
 #define VIRTIO_BALLOON_F_DEFLATE_ON_OOM	2
@@ -337,6 +339,114 @@ static inline long long run_true_ms(void)
 	if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st))
 		return -1;
 	return now_ms() - start;
+}
+
+/*
+ * What a fixture knows: the balloon device, the host port, the device as the
+ * host set it up, and what its teardown must undo.
+ */
+struct balloon_ctx {
+	char dev[DEV_PATH_MAX];
+	char why[4096];
+	int host;
+	long long ram;		/* guest RAM as the host configured it */
+	/* device properties, as the host set them */
+	int deflate_on_oom, reporting, hint, page_poison;
+	/* for the teardown: the driver is unbound, wakeup was enabled, a migration may run */
+	int unbound, wakeup, migrating;
+	/* for the teardown: a page_reporting_delay_ms to put back, -1 for none */
+	long long reporting_delay;
+};
+
+/*
+ * Fixture setup: the device and the host port (the test skips without them),
+ * and the device's properties.
+ */
+static inline void balloon_ctx_setup(struct __test_metadata *_metadata, struct balloon_ctx *c)
+{
+	c->host = -1;
+	c->reporting_delay = -1;
+	if (!find_balloon(c->dev, sizeof(c->dev)))
+		SKIP(return, "no virtio-balloon device");
+	c->host = open_host();
+	if (c->host < 0)
+		SKIP(return, "no host control port " BALLOON_CTL_PORT);
+	c->ram = host_num(c->host, c->why, sizeof(c->why), "ram");
+	ASSERT_LT(0, c->ram) TH_LOG("host 'ram': %s", c->why);
+	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "device")) {
+		TH_LOG("host 'device': %s", c->why);
+	}
+	c->deflate_on_oom = kv(c->why, "deflate-on-oom") == 1;
+	c->reporting = kv(c->why, "free-page-reporting") == 1;
+	c->hint = kv(c->why, "free-page-hint") == 1;
+	c->page_poison = kv(c->why, "page-poison") == 1;
+	ASSERT_NE(KV_ABSENT, kv(c->why, "page-poison")) TH_LOG("host 'device': %s", c->why);
+}
+
+/* Sets the target @below full RAM and checks the host reached it exactly. */
+static inline int balloon_to(struct __test_metadata *_metadata, struct balloon_ctx *c,
+			     long long below)
+{
+	long long want = c->ram - below;
+	long long actual = host_num(c->host, c->why, sizeof(c->why), "target %lld", want);
+
+	EXPECT_EQ(want, actual) {
+		TH_LOG("host actual %lld, wanted %lld: %s", actual, want, c->why);
+		return -1;
+	}
+	refresh_counters();
+	return 0;
+}
+
+/* Everything the guest says about the balloon agrees with a balloon of @bytes. */
+static inline void expect_balloon(struct __test_metadata *_metadata, struct balloon_ctx *c,
+				  long long bytes, long long total0)
+{
+	refresh_counters();
+	EXPECT_EQ(bytes, proc_meminfo("Balloon"));
+	EXPECT_EQ(bytes, proc_vmstat("nr_balloon_pages") * getpagesize());
+	/* MemTotal drops with the balloon, unless the guest may take it back on OOM */
+	EXPECT_EQ(c->deflate_on_oom ? total0 : total0 - bytes, proc_meminfo("MemTotal"));
+}
+
+/* Waits up to @secs for a balloon device bound to the driver under test; updates c->dev. */
+static inline int wait_bound(struct balloon_ctx *c, int secs)
+{
+	char drv[128];
+
+	for (int i = 0; i < secs * 10; i++) {
+		if (find_balloon(c->dev, sizeof(c->dev))) {
+			bound_driver(c->dev, drv, sizeof(drv));
+			if (!strcmp(drv, driver_name()))
+				return 0;
+		}
+		usleep(100 * 1000);
+	}
+	return -1;
+}
+
+/*
+ * Unbinds (@bind 0) or binds the driver under test; 0 once the device is in
+ * that state (within 10 s of the write). The teardown binds it again.
+ */
+static inline int bind_driver(struct balloon_ctx *c, int bind)
+{
+	char path[PATH_MAX], drv[128];
+
+	snprintf(path, sizeof(path), "/sys/bus/virtio/drivers/%s/%s", driver_name(),
+		 bind ? "bind" : "unbind");
+	if (sysfs_write(path, strrchr(c->dev, '/') + 1))
+		return -1;
+	c->unbound = !bind;
+	if (bind)
+		return wait_bound(c, 10);
+	for (int i = 0; i < 100; i++) {
+		bound_driver(c->dev, drv, sizeof(drv));
+		if (!drv[0])
+			return 0;
+		usleep(100 * 1000);
+	}
+	return -1;
 }
 
 /*

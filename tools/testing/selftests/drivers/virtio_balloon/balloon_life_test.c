@@ -64,38 +64,7 @@
 #define MAX(a, b)	((a) > (b) ? (a) : (b))
 #endif
 
-struct life_ctx {
-	char dev[DEV_PATH_MAX];
-	char why[4096];
-	int host;
-	long long ram;
-	/* device properties, as the host set them */
-	int deflate_on_oom, reporting, hint;
-	/* cleanup: wakeup was enabled, the driver is unbound */
-	int wakeup, unbound;
-};
-
-static void life_setup(struct __test_metadata *_metadata, struct life_ctx *c)
-{
-	c->host = -1;
-	if (!find_balloon(c->dev, sizeof(c->dev)))
-		SKIP(return, "no virtio-balloon device");
-	c->host = open_host();
-	if (c->host < 0)
-		SKIP(return, "no host control port " BALLOON_CTL_PORT);
-	c->ram = host_num(c->host, c->why, sizeof(c->why), "ram");
-	ASSERT_LT(0, c->ram) TH_LOG("host 'ram': %s", c->why);
-	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "device")) {
-		TH_LOG("host 'device': %s", c->why);
-	}
-	c->deflate_on_oom = kv(c->why, "deflate-on-oom") == 1;
-	c->reporting = kv(c->why, "free-page-reporting") == 1;
-	c->hint = kv(c->why, "free-page-hint") == 1;
-}
-
-static int wait_bound(struct life_ctx *c, int secs);
-
-static void life_teardown(struct life_ctx *c)
+static void life_teardown(struct balloon_ctx *c)
 {
 	char path[PATH_MAX];
 
@@ -105,10 +74,8 @@ static void life_teardown(struct life_ctx *c)
 		snprintf(path, sizeof(path), "%s/power/wakeup", c->dev);
 		sysfs_write(path, "disabled");
 	}
-	if (c->unbound) {
-		snprintf(path, sizeof(path), "/sys/bus/virtio/drivers/%s/bind", driver_name());
-		sysfs_write(path, strrchr(c->dev, '/') + 1);
-	}
+	if (c->unbound)
+		bind_driver(c, 1);
 	/* A test that failed between unplug and plug leaves the guest without a balloon. */
 	if (!find_balloon(c->dev, sizeof(c->dev))) {
 		host_req(c->host, c->why, sizeof(c->why), "plug");
@@ -119,58 +86,17 @@ static void life_teardown(struct life_ctx *c)
 	close(c->host);
 }
 
-FIXTURE(lifecycle) { struct life_ctx c; };
-FIXTURE_SETUP(lifecycle) { life_setup(_metadata, &self->c); }
+FIXTURE(lifecycle) { struct balloon_ctx c; };
+FIXTURE_SETUP(lifecycle) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(lifecycle) { life_teardown(&self->c); }
 
-FIXTURE(lifecycle_features) { struct life_ctx c; };
-FIXTURE_SETUP(lifecycle_features) { life_setup(_metadata, &self->c); }
+FIXTURE(lifecycle_features) { struct balloon_ctx c; };
+FIXTURE_SETUP(lifecycle_features) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(lifecycle_features) { life_teardown(&self->c); }
 
-FIXTURE(lifecycle_s3) { struct life_ctx c; };
-FIXTURE_SETUP(lifecycle_s3) { life_setup(_metadata, &self->c); }
+FIXTURE(lifecycle_s3) { struct balloon_ctx c; };
+FIXTURE_SETUP(lifecycle_s3) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(lifecycle_s3) { life_teardown(&self->c); }
-
-/* Waits up to @secs for a balloon device bound to the driver under test; updates c->dev. */
-static int wait_bound(struct life_ctx *c, int secs)
-{
-	char drv[128];
-
-	for (int i = 0; i < secs * 10; i++) {
-		if (find_balloon(c->dev, sizeof(c->dev))) {
-			bound_driver(c->dev, drv, sizeof(drv));
-			if (!strcmp(drv, driver_name()))
-				return 0;
-		}
-		usleep(100 * 1000);
-	}
-	return -1;
-}
-
-/* Sets the target @below full and checks the host reached it exactly. */
-static int balloon_to(struct __test_metadata *_metadata, struct life_ctx *c, long long below)
-{
-	long long want = c->ram - below;
-	long long actual = host_num(c->host, c->why, sizeof(c->why), "target %lld", want);
-
-	EXPECT_EQ(want, actual) {
-		TH_LOG("host actual %lld, wanted %lld: %s", actual, want, c->why);
-		return -1;
-	}
-	refresh_counters();
-	return 0;
-}
-
-/* Everything the guest says about the balloon agrees with a balloon of @bytes. */
-static void expect_balloon(struct __test_metadata *_metadata, struct life_ctx *c,
-			   long long bytes, long long total0)
-{
-	refresh_counters();
-	EXPECT_EQ(bytes, proc_meminfo("Balloon"));
-	EXPECT_EQ(bytes, proc_vmstat("nr_balloon_pages") * getpagesize());
-	/* MemTotal drops with the balloon, unless the guest may take it back on OOM */
-	EXPECT_EQ(c->deflate_on_oom ? total0 : total0 - bytes, proc_meminfo("MemTotal"));
-}
 
 /* Pages on the per-CPU free lists (/proc/zoneinfo "count:"), which MemFree leaves out. */
 static long long pcp_pages(void)
@@ -212,7 +138,7 @@ static long long free_bytes(void)
 }
 
 /* Every page is back: no balloon, MemTotal as before, free memory close to it. */
-static void expect_all_back(struct __test_metadata *_metadata, struct life_ctx *c,
+static void expect_all_back(struct __test_metadata *_metadata, struct balloon_ctx *c,
 			    long long total0, long long free0)
 {
 	long long free = free_bytes();
@@ -227,7 +153,7 @@ static void expect_all_back(struct __test_metadata *_metadata, struct life_ctx *
 }
 
 /* A guest-stats update made after the request reaches the host, and says MemTotal. */
-static void expect_stats(struct __test_metadata *_metadata, struct life_ctx *c)
+static void expect_stats(struct __test_metadata *_metadata, struct balloon_ctx *c)
 {
 	long long total;
 
@@ -277,7 +203,7 @@ static long long wait_inflating(long long bytes, int secs)
  * (what the balloon then holds), to act in the middle of a large inflate.
  */
 static long long start_inflate(struct __test_metadata *_metadata,
-			       struct life_ctx *c, long long bytes)
+			       struct balloon_ctx *c, long long bytes)
 {
 	long long at;
 
@@ -302,7 +228,7 @@ static long long suspend_count(void)
  * then reads EOF and blocks writers for good. Binding virtio_console to the
  * device again asks anew. Closes and reopens c->host; 0 on success.
  */
-static int reopen_host(struct life_ctx *c)
+static int reopen_host(struct balloon_ctx *c)
 {
 	DIR *d = opendir("/sys/bus/virtio/devices");
 	char path[PATH_MAX], id[32], name[64] = "";
@@ -338,7 +264,7 @@ static int reopen_host(struct life_ctx *c)
  * /sys/power/state (-EIO: the control port failed, c->why says how); *@ms
  * gets how long the write took.
  */
-static int suspend_idle_pressed(struct life_ctx *c, long long *ms, int press_ms)
+static int suspend_idle_pressed(struct balloon_ctx *c, long long *ms, int press_ms)
 {
 	long long start = now_ms();
 	int r;
@@ -356,7 +282,7 @@ static int suspend_idle_pressed(struct life_ctx *c, long long *ms, int press_ms)
 	return r;
 }
 
-static int suspend_idle(struct life_ctx *c, long long *ms)
+static int suspend_idle(struct balloon_ctx *c, long long *ms)
 {
 	return suspend_idle_pressed(c, ms, PRESS_MS);
 }
@@ -402,7 +328,7 @@ static int write_wakeup_count(long long count)
 	return sysfs_write(WAKEUP_COUNT, buf);
 }
 
-static long long dev_power(struct life_ctx *c, const char *attr)
+static long long dev_power(struct balloon_ctx *c, const char *attr)
 {
 	char path[PATH_MAX];
 
@@ -411,7 +337,7 @@ static long long dev_power(struct life_ctx *c, const char *attr)
 }
 
 /* Checks after a resume: the host's target comes back exactly, stats flow. */
-static void expect_resumed(struct __test_metadata *_metadata, struct life_ctx *c,
+static void expect_resumed(struct __test_metadata *_metadata, struct balloon_ctx *c,
 			   long long bytes, long long total0)
 {
 	ASSERT_EQ(0, balloon_to(_metadata, c, bytes));
@@ -428,7 +354,7 @@ static void expect_resumed(struct __test_metadata *_metadata, struct life_ctx *c
  */
 TEST_F_TIMEOUT(lifecycle, suspend_idle_five_times, LIFE_TIMEOUT)
 {
-	struct life_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long total0, free0, ok0, ms;
 
 	refresh_counters();
@@ -454,7 +380,7 @@ TEST_F_TIMEOUT(lifecycle, suspend_idle_five_times, LIFE_TIMEOUT)
  */
 TEST_F_TIMEOUT(lifecycle, suspend_during_large_inflate, LIFE_TIMEOUT)
 {
-	struct life_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long total0, free0, big, at, ms;
 	int r;
 
@@ -485,7 +411,7 @@ TEST_F_TIMEOUT(lifecycle, suspend_during_large_inflate, LIFE_TIMEOUT)
  */
 TEST_F_TIMEOUT(lifecycle, wakeup_blocks_suspend_mid_change, LIFE_TIMEOUT)
 {
-	struct life_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long total0, big, want, count, act0, actual, ms;
 	int r = -1, held = 0, loose = 0;
 	char path[PATH_MAX];
@@ -560,7 +486,7 @@ TEST_F_TIMEOUT(lifecycle, wakeup_blocks_suspend_mid_change, LIFE_TIMEOUT)
  */
 TEST_F_TIMEOUT(lifecycle, pause_mid_inflate, LIFE_TIMEOUT)
 {
-	struct life_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long total0, big, at, ms;
 
 	refresh_counters();
@@ -586,7 +512,7 @@ TEST_F_TIMEOUT(lifecycle, pause_mid_inflate, LIFE_TIMEOUT)
  * device is gone. A new device then binds to the driver under test and
  * reaches the host's target.
  */
-static void unplug_and_plug(struct __test_metadata *_metadata, struct life_ctx *c,
+static void unplug_and_plug(struct __test_metadata *_metadata, struct balloon_ctx *c,
 			    long long below, int wait)
 {
 	long long total0, free0, at, actual;
@@ -642,10 +568,8 @@ TEST_F_TIMEOUT(lifecycle, unplug_mid_inflate, LIFE_TIMEOUT)
  */
 TEST_F_TIMEOUT(lifecycle, unbind_after_suspend_returns_every_page, LIFE_TIMEOUT)
 {
-	struct life_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long total0, free0, ms;
-	char path[PATH_MAX], drv[128];
-	const char *name;
 	int r;
 
 	refresh_counters();
@@ -656,19 +580,10 @@ TEST_F_TIMEOUT(lifecycle, unbind_after_suspend_returns_every_page, LIFE_TIMEOUT)
 	ASSERT_EQ(0, r) TH_LOG("suspend: %s (%s)", strerror(-r), c->why);
 	ASSERT_EQ(0, balloon_to(_metadata, c, STEP));
 
-	name = strrchr(c->dev, '/') + 1;
-	snprintf(path, sizeof(path), "/sys/bus/virtio/drivers/%s/unbind", driver_name());
-	ASSERT_EQ(0, sysfs_write(path, name));
-	c->unbound = 1;
-	bound_driver(c->dev, drv, sizeof(drv));
-	EXPECT_STREQ("", drv);
+	ASSERT_EQ(0, bind_driver(c, 0));
 	expect_all_back(_metadata, c, total0, free0);
 	EXPECT_EQ(c->ram, host_num(c->host, c->why, sizeof(c->why), "actual"));
-
-	snprintf(path, sizeof(path), "/sys/bus/virtio/drivers/%s/bind", driver_name());
-	ASSERT_EQ(0, sysfs_write(path, name));
-	c->unbound = 0;
-	ASSERT_EQ(0, wait_bound(c, 10));
+	ASSERT_EQ(0, bind_driver(c, 1));
 	ASSERT_EQ(0, balloon_to(_metadata, c, STEP));
 	expect_balloon(_metadata, c, STEP, total0);
 }
@@ -680,10 +595,8 @@ TEST_F_TIMEOUT(lifecycle, unbind_after_suspend_returns_every_page, LIFE_TIMEOUT)
  */
 TEST_F_TIMEOUT(lifecycle, unbind_mid_inflate_returns_every_page, LIFE_TIMEOUT)
 {
-	struct life_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long total0, free0, big, at;
-	char path[PATH_MAX];
-	const char *name;
 
 	refresh_counters();
 	total0 = proc_meminfo("MemTotal");
@@ -691,18 +604,11 @@ TEST_F_TIMEOUT(lifecycle, unbind_mid_inflate_returns_every_page, LIFE_TIMEOUT)
 	big = large_balloon();
 	ASSERT_LT(STEP, big);
 	at = start_inflate(_metadata, c, big);
-	name = strrchr(c->dev, '/') + 1;
-	snprintf(path, sizeof(path), "/sys/bus/virtio/drivers/%s/unbind", driver_name());
-	ASSERT_EQ(0, sysfs_write(path, name));
-	c->unbound = 1;
+	ASSERT_EQ(0, bind_driver(c, 0));
 	TH_LOG("unbound with %lld of %lld MiB inflated", at / MIB, big / MIB);
 	expect_all_back(_metadata, c, total0, free0);
 	EXPECT_EQ(c->ram, host_num(c->host, c->why, sizeof(c->why), "actual"));
-
-	snprintf(path, sizeof(path), "/sys/bus/virtio/drivers/%s/bind", driver_name());
-	ASSERT_EQ(0, sysfs_write(path, name));
-	c->unbound = 0;
-	ASSERT_EQ(0, wait_bound(c, 10));
+	ASSERT_EQ(0, bind_driver(c, 1));
 	ASSERT_EQ(0, balloon_to(_metadata, c, big));
 	expect_balloon(_metadata, c, big, total0);
 	ASSERT_EQ(0, balloon_to(_metadata, c, 0));
@@ -748,7 +654,7 @@ static int dirty_and_free(long long bytes)
  */
 TEST_F_TIMEOUT(lifecycle_features, suspend_keeps_features, LIFE_TIMEOUT)
 {
-	struct life_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long total0, ms, rss0, rss, drop = 0, start;
 	char path[PATH_MAX], f0[256], f1[256];
 	int r;
@@ -799,7 +705,7 @@ TEST_F_TIMEOUT(lifecycle_features, suspend_keeps_features, LIFE_TIMEOUT)
  */
 TEST_F_TIMEOUT(lifecycle_s3, suspend_mem_woken_by_host, LIFE_TIMEOUT)
 {
-	struct life_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long total0, free0, ok0, start, ms;
 	char states[256], modes[256];
 	int r;

@@ -51,42 +51,7 @@
 #define REPORTING_DELAY	"/sys/module/page_reporting/parameters/page_reporting_delay_ms"
 #define SHRINKER_DIR	"/sys/kernel/debug/shrinker"
 
-struct mm_ctx {
-	char dev[DEV_PATH_MAX];
-	char why[4096];
-	int host;
-	long long ram;
-	/* device properties, as the host set them */
-	int deflate_on_oom, reporting, hint, page_poison;
-	/* cleanup: a migration may be running, the driver is unbound, a delay to put back */
-	int migrating, unbound;
-	long long reporting_delay;
-};
-
-static void mm_setup(struct __test_metadata *_metadata, struct mm_ctx *c)
-{
-	c->host = -1;
-	c->reporting_delay = -1;
-	if (!find_balloon(c->dev, sizeof(c->dev)))
-		SKIP(return, "no virtio-balloon device");
-	c->host = open_host();
-	if (c->host < 0)
-		SKIP(return, "no host control port " BALLOON_CTL_PORT);
-	c->ram = host_num(c->host, c->why, sizeof(c->why), "ram");
-	ASSERT_LT(0, c->ram) TH_LOG("host 'ram': %s", c->why);
-	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "device")) {
-		TH_LOG("host 'device': %s", c->why);
-	}
-	c->deflate_on_oom = kv(c->why, "deflate-on-oom") == 1;
-	c->reporting = kv(c->why, "free-page-reporting") == 1;
-	c->hint = kv(c->why, "free-page-hint") == 1;
-	c->page_poison = kv(c->why, "page-poison") == 1;
-	ASSERT_NE(KV_ABSENT, kv(c->why, "page-poison")) TH_LOG("host 'device': %s", c->why);
-}
-
-static int bind_driver(struct mm_ctx *c, int bind);
-
-static void mm_teardown(struct mm_ctx *c)
+static void mm_teardown(struct balloon_ctx *c)
 {
 	char buf[32];
 
@@ -105,32 +70,32 @@ static void mm_teardown(struct mm_ctx *c)
 	close(c->host);
 }
 
-FIXTURE(features) { struct mm_ctx c; };
-FIXTURE_SETUP(features) { mm_setup(_metadata, &self->c); }
+FIXTURE(features) { struct balloon_ctx c; };
+FIXTURE_SETUP(features) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(features) { mm_teardown(&self->c); }
 
-FIXTURE(queues) { struct mm_ctx c; };
-FIXTURE_SETUP(queues) { mm_setup(_metadata, &self->c); }
+FIXTURE(queues) { struct balloon_ctx c; };
+FIXTURE_SETUP(queues) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(queues) { mm_teardown(&self->c); }
 
-FIXTURE(oom) { struct mm_ctx c; };
-FIXTURE_SETUP(oom) { mm_setup(_metadata, &self->c); }
+FIXTURE(oom) { struct balloon_ctx c; };
+FIXTURE_SETUP(oom) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(oom) { mm_teardown(&self->c); }
 
-FIXTURE(poison) { struct mm_ctx c; };
-FIXTURE_SETUP(poison) { mm_setup(_metadata, &self->c); }
+FIXTURE(poison) { struct balloon_ctx c; };
+FIXTURE_SETUP(poison) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(poison) { mm_teardown(&self->c); }
 
-FIXTURE(reporting) { struct mm_ctx c; };
-FIXTURE_SETUP(reporting) { mm_setup(_metadata, &self->c); }
+FIXTURE(reporting) { struct balloon_ctx c; };
+FIXTURE_SETUP(reporting) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(reporting) { mm_teardown(&self->c); }
 
-FIXTURE(hint) { struct mm_ctx c; };
-FIXTURE_SETUP(hint) { mm_setup(_metadata, &self->c); }
+FIXTURE(hint) { struct balloon_ctx c; };
+FIXTURE_SETUP(hint) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(hint) { mm_teardown(&self->c); }
 
-FIXTURE(compaction) { struct mm_ctx c; };
-FIXTURE_SETUP(compaction) { mm_setup(_metadata, &self->c); }
+FIXTURE(compaction) { struct balloon_ctx c; };
+FIXTURE_SETUP(compaction) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(compaction) { mm_teardown(&self->c); }
 
 /* Guest kernel argument @name given as 1/on/y on the command line. */
@@ -150,7 +115,7 @@ static int cmdline_flag(const char *name)
 	return 0;
 }
 
-static long long host_rss(struct mm_ctx *c)
+static long long host_rss(struct balloon_ctx *c)
 {
 	return host_num(c->host, c->why, sizeof(c->why), "rss");
 }
@@ -231,7 +196,7 @@ static long long nonzero_pages(long long bytes)
  * below @from. Stops once the drop reaches @enough (0: never); *@at_ms gets
  * how long that took, -1 if it never did.
  */
-static long long rss_drop(struct mm_ctx *c, long long from, long long enough,
+static long long rss_drop(struct balloon_ctx *c, long long from, long long enough,
 			  long long ms, long long *at_ms)
 {
 	long long start = now_ms(), best = 0, rss;
@@ -254,12 +219,10 @@ static long long rss_drop(struct mm_ctx *c, long long from, long long enough,
 /*
  * Forks a child that maps and touches @bytes and exits 0. The child asks the
  * OOM killer to pick it first, so a test that goes wrong never takes the test
- * runner with it. Returns the child's wait status, -1 if it could not run.
+ * runner with it. Returns its pid, -1 if it could not fork.
  */
-static int hog(long long bytes, long long *ms)
+static pid_t hog_start(long long bytes)
 {
-	long long start = now_ms();
-	int st;
 	pid_t pid = fork();
 
 	if (pid == 0) {
@@ -276,10 +239,49 @@ static int hog(long long bytes, long long *ms)
 			p[off] = 1;
 		_exit(0);
 	}
+	return pid;
+}
+
+/* Runs hog_start() to its end: the child's wait status, -1 if it could not run. */
+static int hog(long long bytes, long long *ms)
+{
+	long long start = now_ms();
+	pid_t pid = hog_start(bytes);
+	int st;
+
 	if (pid < 0 || waitpid(pid, &st, 0) != pid)
 		return -1;
 	*ms = now_ms() - start;
 	return st;
+}
+
+/*
+ * Asks the host for all but 4 MiB of the guest and waits until the balloon
+ * stops growing for 3 s (at most 45 s): with deflate-on-oom the OOM notifier
+ * stops it short. "Growing" is by 4 MiB or more: the C driver never settles
+ * exactly, its size work and OOM notifier keep trading 1 MiB back and forth
+ * at the top. Returns the balloon size, -1 if the host refused; a fork+exec
+ * every second meanwhile adds to @slowest (ms) and @failed.
+ */
+static long long grow_to_oom(struct balloon_ctx *c, int *stable, long long *slowest,
+			     long long *failed)
+{
+	long long top = 0, cur = 0, ms;
+
+	*stable = 0;
+	if (host_req(c->host, c->why, sizeof(c->why), "set %lld", 4 * MIB))
+		return -1;
+	for (int i = 0; i < 45 && *stable < 3; i++) {
+		sleep(1);
+		ms = run_true_ms();
+		*failed += ms < 0;
+		*slowest = MAX(*slowest, ms);
+		refresh_counters();
+		cur = proc_meminfo("Balloon");
+		*stable = cur < top + 4 * MIB ? *stable + 1 : 0;
+		top = MAX(top, cur);
+	}
+	return cur;
 }
 
 /* Pages the driver's free page hinting shrinker holds (debugfs count), -1 without one. */
@@ -359,40 +361,6 @@ static long long huge_pages(int n)
 	return got;
 }
 
-/* Unbinds (@bind 0) or binds the driver under test; 0 when the device is in that state. */
-static int bind_driver(struct mm_ctx *c, int bind)
-{
-	char path[PATH_MAX], drv[128];
-	const char *name = strrchr(c->dev, '/') + 1;
-
-	snprintf(path, sizeof(path), "/sys/bus/virtio/drivers/%s/%s", driver_name(),
-		 bind ? "bind" : "unbind");
-	if (sysfs_write(path, name))
-		return -1;
-	c->unbound = !bind;
-	for (int i = 0; i < 100; i++) {
-		bound_driver(c->dev, drv, sizeof(drv));
-		if (!strcmp(drv, bind ? driver_name() : ""))
-			return 0;
-		usleep(100 * 1000);
-	}
-	return -1;
-}
-
-/* Sets the target @below bytes under full RAM and waits until the host sees it. */
-static int balloon_to(struct __test_metadata *_metadata, struct mm_ctx *c, long long below)
-{
-	long long want = c->ram - below;
-	long long actual = host_num(c->host, c->why, sizeof(c->why), "target %lld", want);
-
-	EXPECT_EQ(want, actual) {
-		TH_LOG("host actual %lld, wanted %lld: %s", actual, want, c->why);
-		return -1;
-	}
-	refresh_counters();
-	return 0;
-}
-
 /*
  * Negotiated features follow the device's offer and the guest's free page
  * contents, by the C driver's rules (virtballoon_validate()): PAGE_POISON
@@ -402,7 +370,7 @@ static int balloon_to(struct __test_metadata *_metadata, struct mm_ctx *c, long 
  */
 TEST_F_TIMEOUT(features, match_device_and_guest, 60)
 {
-	struct mm_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	int contents = cmdline_flag("init_on_free") || cmdline_flag("page_poison");
 	int poison = c->page_poison && contents;
 	int reporting = c->reporting && !(contents && !poison);
@@ -430,7 +398,7 @@ TEST_F_TIMEOUT(features, match_device_and_guest, 60)
  */
 TEST_F_TIMEOUT(queues, stats_reach_the_host, 120)
 {
-	struct mm_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long total, v;
 
 	refresh_counters();
@@ -457,8 +425,8 @@ TEST_F_TIMEOUT(queues, stats_reach_the_host, 120)
  */
 TEST_F_TIMEOUT(oom, deflates_instead_of_killing, 600)
 {
-	struct mm_ctx *c = &self->c;
-	long long oom0, top = 0, cur = 0, slowest = 0, avail, need, ms = 0;
+	struct balloon_ctx *c = &self->c;
+	long long oom0, cur, slowest = 0, avail, need, ms = 0;
 	long long in0, de0, in1, de1, in2, de2, pages, growth, failed = 0;
 	long page = getpagesize();
 	int stable = 0, st;
@@ -468,24 +436,8 @@ TEST_F_TIMEOUT(oom, deflates_instead_of_killing, 600)
 	ASSERT_EQ(1, device_feature(c->dev, VIRTIO_BALLOON_F_DEFLATE_ON_OOM));
 	refresh_counters();
 	oom0 = proc_vmstat("oom_kill");
-	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "set %lld", 4 * MIB)) {
-		TH_LOG("host 'set': %s", c->why);
-	}
-	/*
-	 * Until the balloon stops growing for 3 s (at most 45 s). "Growing" is
-	 * by 4 MiB or more: the C driver never settles exactly, its size work
-	 * and OOM notifier keep trading 1 MiB back and forth at the top.
-	 */
-	for (int i = 0; i < 45 && stable < 3; i++) {
-		sleep(1);
-		ms = run_true_ms();
-		failed += ms < 0;
-		slowest = MAX(slowest, ms);
-		refresh_counters();
-		cur = proc_meminfo("Balloon");
-		stable = cur < top + 4 * MIB ? stable + 1 : 0;
-		top = MAX(top, cur);
-	}
+	cur = grow_to_oom(c, &stable, &slowest, &failed);
+	ASSERT_LE(0, cur) TH_LOG("host 'set': %s", c->why);
 	avail = proc_meminfo("MemAvailable");
 	need = avail + OOM_EXTRA;
 	TH_LOG("balloon %lld MiB of %lld (settled for %d s), MemAvailable %lld MiB, slowest command %lld ms; child needs %lld MiB",
@@ -542,13 +494,65 @@ TEST_F_TIMEOUT(oom, deflates_instead_of_killing, 600)
 }
 
 /*
+ * Unbind while the OOM notifier deflates: the balloon holds all the memory
+ * it could get, a child needs far more than is available, and the driver is
+ * unbound as soon as the OOM path has begun to give pages back. remove()
+ * unregisters the notifier (waiting for a call in flight) before it deflates
+ * the rest: the unbind must finish, every page must come back to the guest,
+ * and the host must see an empty balloon.
+ */
+TEST_F_TIMEOUT(oom, unbind_while_deflating, 300)
+{
+	struct balloon_ctx *c = &self->c;
+	long long total0, cur, de0, de1, start, unbind_ms, slowest = 0, failed = 0, oom0;
+	int stable, st = -1, running;
+	pid_t pid;
+
+	if (!c->deflate_on_oom)
+		SKIP(return, "the device does not offer DEFLATE_ON_OOM");
+	refresh_counters();
+	total0 = proc_meminfo("MemTotal");
+	oom0 = proc_vmstat("oom_kill");
+	cur = grow_to_oom(c, &stable, &slowest, &failed);
+	ASSERT_LE(0, cur) TH_LOG("host 'set': %s", c->why);
+	ASSERT_LT(c->ram / 2, cur) TH_LOG("the balloon only grew to %lld MiB", cur / MIB);
+
+	de0 = proc_vmstat("balloon_deflate");
+	/* Far more than the OOM notifier gives back at once (1 MiB a call). */
+	pid = hog_start(proc_meminfo("MemAvailable") + cur / 2);
+	ASSERT_LT(0, pid);
+	start = now_ms();
+	do {
+		de1 = proc_vmstat("balloon_deflate");
+	} while (de1 == de0 && now_ms() - start < 30000);
+	running = waitpid(pid, &st, WNOHANG) == 0;
+	start = now_ms();
+	EXPECT_EQ(0, bind_driver(c, 0)) TH_LOG("unbind failed or did not finish in 10 s");
+	unbind_ms = now_ms() - start;
+	if (running)
+		waitpid(pid, &st, 0);
+	refresh_counters();
+	TH_LOG("%s: balloon %lld MiB; unbound after %lld pages of OOM deflate, child %s; unbind took %lld ms; child status %#x; OOM kills %lld",
+	       driver_name(), cur / MIB, de1 - de0, running ? "still allocating" : "already done",
+	       unbind_ms, st, proc_vmstat("oom_kill") - oom0);
+	EXPECT_LT(de0, de1) TH_LOG("no OOM deflate within 30 s");
+	EXPECT_TRUE(running) TH_LOG("the child finished before the unbind: no race tested");
+	EXPECT_EQ(0, proc_meminfo("Balloon"));
+	EXPECT_EQ(0, proc_vmstat("nr_balloon_pages"));
+	EXPECT_EQ(total0, proc_meminfo("MemTotal"));
+	EXPECT_EQ(c->ram, host_num(c->host, c->why, sizeof(c->why), "actual")) {
+		TH_LOG("host 'actual': %s", c->why);
+	}
+}
+
+/*
  * Without deflate-on-oom the balloon is not the guest's to take back: a
  * child that needs more than is available is OOM-killed and the balloon
  * stays as it is.
  */
 TEST_F_TIMEOUT(oom, kills_without_deflate_on_oom, 300)
 {
-	struct mm_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long below = c->ram / 2, oom0, avail, need, ms = 0;
 	int st;
 
@@ -582,7 +586,7 @@ TEST_F_TIMEOUT(oom, kills_without_deflate_on_oom, 300)
  */
 TEST_F_TIMEOUT(poison, reporting_respects_poison_value, 300)
 {
-	struct mm_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	int pp = cmdline_flag("page_poison");
 	long long rss1, drop, at = -1, bad;
 	char *p;
@@ -613,7 +617,7 @@ TEST_F_TIMEOUT(poison, reporting_respects_poison_value, 300)
  */
 TEST_F_TIMEOUT(reporting, freed_memory_returns_to_host, 300)
 {
-	struct mm_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long rss0, rss1, drop, at = -1, bad;
 	char *keep, *p;
 
@@ -639,7 +643,7 @@ TEST_F_TIMEOUT(reporting, freed_memory_returns_to_host, 300)
 }
 
 /* Migrates at @bw bytes/s; *@max_held gets the most hinted pages seen held meanwhile. */
-static int migrate_watch(struct mm_ctx *c, long long bw, long long *normal,
+static int migrate_watch(struct balloon_ctx *c, long long bw, long long *normal,
 			 long long *max_held)
 {
 	*max_held = 0;
@@ -674,7 +678,7 @@ static int migrate_watch(struct mm_ctx *c, long long bw, long long *normal,
  */
 TEST_F_TIMEOUT(hint, migration_skips_free_memory, 400)
 {
-	struct mm_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long normal_off = -1, normal_on = -1, held_off, held_on, free0, free1 = 0;
 	long long page = getpagesize(), start;
 
@@ -733,7 +737,7 @@ TEST_F_TIMEOUT(hint, migration_skips_free_memory, 400)
  */
 TEST_F_TIMEOUT(hint, shrinker_returns_blocks_during_migration, 400)
 {
-	struct mm_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long free0, free_mid, free_after, held = 0, held_after, oom0, need, ms = 0;
 	long long page = getpagesize(), start;
 	int st;
@@ -804,7 +808,7 @@ TEST_F_TIMEOUT(hint, shrinker_returns_blocks_during_migration, 400)
  */
 TEST_F_TIMEOUT(compaction, moves_balloon_pages, 300)
 {
-	struct mm_ctx *c = &self->c;
+	struct balloon_ctx *c = &self->c;
 	long long below, frag, free1, mig0, mig1, nr0, total0, blocks0, blocks1, hp;
 	long long chunk = 64 * 1024, start;
 	int want_hp = 64;
