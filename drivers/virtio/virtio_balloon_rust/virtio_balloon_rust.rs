@@ -313,7 +313,7 @@ impl Balloon {
     }
 }
 
-/// What the driver registered with the rest of the kernel; dropped in the C driver's order.
+/// What the driver registered with the rest of the kernel.
 struct Registrations {
     reporting: Option<page_reporting::Registration<Balloon>>,
     oom: Option<oom_notifier::Registration<Balloon>>,
@@ -321,17 +321,17 @@ struct Registrations {
 }
 
 impl Registrations {
-    /// Unregisters everything, reporting first: after this no callback of the rest of the
-    /// kernel reaches the driver.
-    fn drop_all(self) {
+    /// Unregisters page reporting and the shrinker, and returns the OOM notifier's
+    /// registration: the caller drops it once the balloon is empty.
+    fn drop_all_but_oom(self) -> Option<oom_notifier::Registration<Balloon>> {
         let Self {
             reporting,
             oom,
             shrinker,
         } = self;
         drop(reporting);
-        drop(oom);
         drop(shrinker);
+        oom
     }
 }
 
@@ -381,19 +381,27 @@ impl Live {
         })
     }
 
-    /// Ends the live device, in the C driver's order: unregisters what reaches the balloon,
-    /// stops the work items, gives every page back to the guest (telling the host first) if
-    /// `give_back`, and deletes the queues. Returns the balloon, with the pages not given
+    /// Ends the live device, in the C driver's order except for the OOM notifier: unregisters
+    /// page reporting and the shrinker, stops the work items, gives every page back to the
+    /// guest (telling the host first) if `give_back`, unregisters the OOM notifier (only now:
+    /// until the balloon is empty it may still help an allocation), and deletes the queues. Returns the balloon, with the pages not given
     /// back: dropping it frees them (the device is reset and has forgotten them).
     ///
     /// A `Live` dropped without `stop` (only if probe fails after [`Live::start`], before
     /// the device is ready) unregisters on drop and holds no pages.
     fn stop(self, dev: &virtio::Device<device::Core<'_>>, give_back: bool) -> Arc<Balloon> {
         let Live { b, regs } = self;
-        regs.drop_all();
+        let oom = regs.drop_all_but_oom();
         Balloon::quiesce(&b);
         if give_back {
+            // The OOM notifier stays while the balloon empties: an allocation that fails
+            // meanwhile still gets balloon pages. The C driver unregisters it first, and a
+            // process that allocates then can be OOM-killed with the balloon still full.
             b.deflate_all();
+        }
+        // Waits for a notifier call in flight; none reaches the balloon after this.
+        drop(oom);
+        if give_back {
             b.update_balloon_size();
         }
         b.link().transport().delete(dev);

@@ -267,12 +267,15 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
         ));
     }
     results.push(log_clean(&vm));
-    if device.kmemleak && vm.log.iter().any(|l| l.starts_with("@@KMEMLEAK-OFF")) {
+    let marker = |m: &str| vm.log.iter().any(|l| l.starts_with(m));
+    if device.kmemleak && marker("@@KMEMLEAK-OFF") {
         results.push(fail(
             "kmemleak clean",
             "kmemleak was off in the guest (disabled itself, or a kernel without it: \
              kmemleak=off)",
         ));
+    } else if device.kmemleak && done && !marker("@@KMEMLEAK-END") {
+        results.push(fail("kmemleak clean", "no kmemleak report after the suite"));
     }
     if vm.log.iter().any(|l| l.starts_with("@@KMEMLEAK-END")) {
         let leaks = logscan::kmemleak(&vm.log);

@@ -98,22 +98,6 @@ FIXTURE(lifecycle_s3) { struct balloon_ctx c; };
 FIXTURE_SETUP(lifecycle_s3) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(lifecycle_s3) { life_teardown(&self->c); }
 
-/* Pages on the per-CPU free lists (/proc/zoneinfo "count:"), which MemFree leaves out. */
-static long long pcp_pages(void)
-{
-	char line[256];
-	long long sum = 0, v;
-	FILE *f = fopen("/proc/zoneinfo", "r");
-
-	if (!f)
-		return 0;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, " count: %lld", &v) == 1)
-			sum += v;
-	fclose(f);
-	return sum;
-}
-
 /* Where memory that is not free went: the /proc/meminfo lines that explain most of it. */
 static void log_meminfo(struct __test_metadata *_metadata)
 {
@@ -128,13 +112,6 @@ static void log_meminfo(struct __test_metadata *_metadata)
 		n += snprintf(line + n, sizeof(line) - n, " %s=%lldK", keys[i],
 			      proc_meminfo(keys[i]) / 1024);
 	TH_LOG("meminfo:%s per-CPU lists=%lldK", line, pcp_pages() * getpagesize() / 1024);
-}
-
-/* MemFree with what the per-CPU lists hold: free memory that a suspend or a deflate moved. */
-static long long free_bytes(void)
-{
-	refresh_counters();
-	return proc_meminfo("MemFree") + pcp_pages() * getpagesize();
 }
 
 /* Every page is back: no balloon, MemTotal as before, free memory close to it. */
