@@ -384,8 +384,9 @@ impl Live {
     /// Ends the live device, in the C driver's order except for the OOM notifier: unregisters
     /// page reporting and the shrinker, stops the work items, gives every page back to the
     /// guest (telling the host first) if `give_back`, unregisters the OOM notifier (only now:
-    /// until the balloon is empty it may still help an allocation), and deletes the queues. Returns the balloon, with the pages not given
-    /// back: dropping it frees them (the device is reset and has forgotten them).
+    /// until the balloon is empty it may still help an allocation), and deletes the queues.
+    /// Returns the balloon, with the pages not given back: dropping it frees them (the device
+    /// is reset and has forgotten them).
     ///
     /// A `Live` dropped without `stop` (only if probe fails after [`Live::start`], before
     /// the device is ready) unregisters on drop and holds no pages.

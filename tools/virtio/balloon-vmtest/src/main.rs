@@ -277,7 +277,7 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
     } else if device.kmemleak && done && !marker("@@KMEMLEAK-END") {
         results.push(fail("kmemleak clean", "no kmemleak report after the suite"));
     }
-    if vm.log.iter().any(|l| l.starts_with("@@KMEMLEAK-END")) {
+    if marker("@@KMEMLEAK-END") {
         let leaks = logscan::kmemleak(&vm.log);
         if leaks.is_empty() {
             results.push(TestResult {
