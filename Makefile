@@ -19,6 +19,7 @@ MEM     ?= 1024
 DRIVERS ?= virtio_balloon virtio_balloon_rust
 DEVICES ?= plain deflate-on-oom reporting hint hint-reporting poison poison-unsupported zero-on-free zero-on-free-unsupported
 DRIVER  ?= virtio_balloon_rust
+ROUNDS  ?= 5
 
 TREE    := $(CACHE)/tree
 BUILD   := $(CACHE)/build/debug
@@ -77,11 +78,20 @@ release-kernel: tree
 	@LLVM=$(LLVM) JOBS=$(JOBS) scripts/build-kernel.sh $(TREE) $(RELEASE) \
 		kernel/configs/virtio_balloon_guest.config
 
-bench: release-kernel harness
+# The guest's 1 ms sleep-latency probe (static: the initramfs has no libc) and
+# the host's 4 KiB discard-rate program.
+$(CACHE)/bin/sleeplat: $(HARNESS_DIR)/guest/sleeplat.c
+	@mkdir -p $(@D) && $(CC) -static -O2 -Wall -Wextra -o $@ $<
+$(CACHE)/bin/discard_limit: $(HARNESS_DIR)/host/discard_limit.c
+	@mkdir -p $(@D) && $(CC) -O2 -Wall -Wextra -o $@ $<
+
+bench: release-kernel harness $(CACHE)/bin/sleeplat $(CACHE)/bin/discard_limit
 	@scripts/mkinitramfs.sh $(RELEASE_INITRD) $(HARNESS_DIR)/guest/init - \
-		$(RELEASE)/drivers/virtio/virtio_balloon.ko $(RELEASE)/drivers/virtio/virtio_balloon_rust/virtio_balloon_rust.ko
+		$(RELEASE)/drivers/virtio/virtio_balloon.ko $(RELEASE)/drivers/virtio/virtio_balloon_rust/virtio_balloon_rust.ko \
+		$(CACHE)/bin/sleeplat
 	@$(HARNESS) bench --kernel $(RELEASE)/arch/x86/boot/bzImage --initrd $(RELEASE_INITRD) \
-		--accel $(ACCEL) --mem 2048 --log-dir $(LOGS) $(addprefix --driver ,$(DRIVERS))
+		--accel $(ACCEL) --mem 4096 --cpus 2 --rounds $(ROUNDS) --log-dir $(LOGS) \
+		--out $(CACHE)/bench --discard-prog $(CACHE)/bin/discard_limit $(addprefix --driver ,$(DRIVERS))
 
 clean:
 	rm -rf $(BUILD) $(RELEASE) $(KSFT) $(INITRD) $(RELEASE_INITRD) $(LOGS) $(CACHE)/cargo
@@ -91,4 +101,4 @@ help:
 	@echo "  KDIR=$(KDIR)  (empty: Debian's linux-source-7.3, unpacked in CACHE)"
 	@echo "  CACHE=$(CACHE)"
 	@echo "  LLVM=$(LLVM) JOBS=$(JOBS) ACCEL=$(ACCEL) MEM=$(MEM)"
-	@echo "  DRIVERS=$(DRIVERS)  DEVICES=$(DEVICES)  DRIVER=$(DRIVER) (run)"
+	@echo "  DRIVERS=$(DRIVERS)  DEVICES=$(DEVICES)  DRIVER=$(DRIVER) (run)  ROUNDS=$(ROUNDS) (bench)"

@@ -21,6 +21,18 @@ use kernel::{
 /// Most page frame numbers in one inflate or deflate message. Firecracker and Cloud
 /// Hypervisor drop longer ones.
 const ARRAY_PFNS_MAX: usize = 256;
+/// Messages sent with one notification, and waited for together: one round trip to the
+/// host moves up to `BATCH` MiB. A round trip (notification, interrupt, wakeup, and under
+/// TCG the exit to QEMU) costs about as much as the host's work on a whole message, so
+/// batching is what makes the balloon faster. The OOM notifier and page migration wait
+/// behind at most one round trip.
+const BATCH: usize = 8;
+/// Page frame numbers in one round trip.
+const BATCH_PFNS: usize = BATCH * ARRAY_PFNS_MAX;
+/// 4 KiB pages one run of the size work moves at most before it writes `actual` and
+/// queues itself again (64 MiB): the host sees progress, and suspend or unbind never wait
+/// long for the work to end.
+const WORK_PAGES: u64 = 16384;
 /// Bytes in a balloon page.
 const BALLOON_PAGE: u64 = 1 << bindings::VIRTIO_BALLOON_PFN_SHIFT;
 
@@ -33,16 +45,27 @@ const RESERVE_SHIFT: u32 = 3;
 const RESERVE_MIN: u64 = 64 << 20;
 const RESERVE_MAX: u64 = 1 << 30;
 
+/// The message buffers of one round trip. A slot is `None` only while its buffer is on a
+/// queue inside [`HostLink::send`], which puts it back unless the device went away.
+type Pool = [Option<KBox<PfnBuf>>; BATCH];
+
 /// State protected by `balloon_lock`: the balloon size and the message buffers.
 struct Inner {
     /// Balloon size in 4 KiB balloon pages, as reported in `actual`.
     num_pages: u32,
-    /// The PFN message buffer. `None` only while it is on a queue inside
-    /// [`HostLink::send`], which always puts it back.
-    pfns: Option<KBox<PfnBuf>>,
-    /// Pages in flight: allocated for an inflate or taken out for a deflate, until the host
-    /// was told (room for one message).
+    /// The PFN message buffers.
+    pfns: Pool,
+    /// Pages in flight: taken out for a deflate, until the host was told (room for one
+    /// round trip).
     moving: KVec<BalloonPage>,
+    /// The inflate round trip last queued, which the host may still be working on while
+    /// the size work allocates the next: its pages enter the balloon (and count in
+    /// `num_pages`) only once the host used every message ([`Balloon::settle`]).
+    inflight: KVec<BalloonPage>,
+    /// Messages of that round trip the host has not used yet.
+    inflight_out: usize,
+    /// Frames of that round trip the host was told of; 0 if the device went away.
+    inflight_told: usize,
 }
 
 /// What telling the host about pages needs: the inflate and deflate queues and
@@ -70,8 +93,12 @@ impl HostLink {
         inflate_vq: Virtqueue<PfnBuf>,
         deflate_vq: Virtqueue<PfnBuf>,
     ) -> Result<impl PinInit<Self>> {
-        let pfns = KBox::new([0u32; ARRAY_PFNS_MAX], GFP_KERNEL)?;
-        let moving = KVec::with_capacity(ARRAY_PFNS_MAX, GFP_KERNEL)?;
+        let mut pfns: Pool = Default::default();
+        for slot in pfns.iter_mut() {
+            *slot = Some(KBox::new([0u32; ARRAY_PFNS_MAX], GFP_KERNEL)?);
+        }
+        let moving = KVec::with_capacity(BATCH_PFNS, GFP_KERNEL)?;
+        let inflight = KVec::with_capacity(BATCH_PFNS, GFP_KERNEL)?;
         let order = dev.byte_order();
         let dev: ARef<virtio::Device> = dev.into();
         Ok(pin_init!(HostLink {
@@ -82,8 +109,11 @@ impl HostLink {
             deflate_vq,
             balloon_lock <- new_mutex!(Inner {
                 num_pages: 0,
-                pfns: Some(pfns),
+                pfns,
                 moving,
+                inflight,
+                inflight_out: 0,
+                inflight_told: 0,
             }),
             stall_msg <- new_mutex!(RateLimit::new()),
         }))
@@ -107,55 +137,100 @@ impl HostLink {
         &self.transport
     }
 
-    /// Writes the 4 KiB frame numbers of the guest page at `pfn` into `buf` from index `n`, in
-    /// the device's byte order; returns the next index. Frame numbers are 32 bits on the
-    /// wire and wrap as in the C driver.
-    fn put_pfns(&self, pfns: &mut Option<KBox<PfnBuf>>, mut n: usize, pfn: usize) -> usize {
-        let Some(buf) = pfns.as_mut() else {
-            return n;
-        };
+    /// Writes the 4 KiB frame numbers of the guest page at `pfn` from index `n` on (message
+    /// `n / 256`), in the device's byte order; returns the next index. Frame numbers are 32
+    /// bits on the wire and wrap as in the C driver.
+    fn put_pfns(&self, pfns: &mut Pool, mut n: usize, pfn: usize) -> usize {
         let first = (pfn as u32).wrapping_mul(PAGES_PER_PAGE);
         for i in 0..PAGES_PER_PAGE {
-            buf[n] = self.order.u32(first.wrapping_add(i));
+            let Some(Some(buf)) = pfns.get_mut(n / ARRAY_PFNS_MAX) else {
+                return n;
+            };
+            buf[n % ARRAY_PFNS_MAX] = self.order.u32(first.wrapping_add(i));
             n += 1;
         }
         n
     }
 
-    /// Sends the first `n` PFNs of the message buffer on `vq` and waits until the host has
-    /// used them; the buffer is back in `pfns` afterwards. Returns whether the host was told.
-    /// The caller holds `balloon_lock` throughout, as in the C driver.
-    fn send(&self, vq: &Virtqueue<PfnBuf>, pfns: &mut Option<KBox<PfnBuf>>, n: usize) -> bool {
-        let Some(buf) = pfns.take() else {
-            return false;
-        };
-        if let Err(virtio::AddError(e, buf)) = vq.add_outbuf(buf, n * size_of::<u32>()) {
-            dev_warn!(self.dev(), "cannot queue {} page frames: {:?}\n", n, e);
-            *pfns = Some(buf);
-            return false;
-        }
-        vq.kick();
-        // Waits as the C driver's wait_event() (uninterruptibly), but says so when the host
-        // holds the message for long: until it answers, it may still act on it.
-        let used = vq.wait_buf(|waited| {
-            if let Some(n) = self.stall_msg.lock().allow(MESSAGE_INTERVAL) {
-                dev_warn!(
-                    self.dev(),
-                    "host has not taken a balloon message for {} s; still waiting \
-                     ({} messages suppressed)\n",
-                    waited.as_millis() / 1000,
-                    n
-                );
+    /// Queues the first `n` PFNs of the buffers (256 a message) on `vq` and notifies the
+    /// host once. Returns how many PFNs were queued, always a prefix of the `n` (fewer if a
+    /// message could not be queued), and in how many messages.
+    fn submit(&self, vq: &Virtqueue<PfnBuf>, pfns: &mut Pool, n: usize) -> (usize, usize) {
+        let mut told = 0;
+        let mut out = 0;
+        for slot in pfns.iter_mut() {
+            if told == n {
+                break;
             }
-        });
-        // `None`: deleted under us; the device is reset and will never answer.
-        match used {
-            Some((buf, _)) => {
-                *pfns = Some(buf);
-                true
+            let Some(buf) = slot.take() else {
+                break;
+            };
+            let len = min(n - told, ARRAY_PFNS_MAX);
+            if let Err(virtio::AddError(e, buf)) = vq.add_outbuf(buf, len * size_of::<u32>()) {
+                dev_warn!(self.dev(), "cannot queue {} page frames: {:?}\n", len, e);
+                *slot = Some(buf);
+                break;
             }
-            None => false,
+            told += len;
+            out += 1;
         }
+        if out > 0 {
+            vq.kick();
+        }
+        (told, out)
+    }
+
+    /// Waits until the host has used `out` messages on `vq` and puts their buffers back.
+    /// Returns false if the device went away meanwhile: it is reset and forgets them, and
+    /// the buffers still queued were freed with the queue.
+    fn wait_used(&self, vq: &Virtqueue<PfnBuf>, pfns: &mut Pool, mut out: usize) -> bool {
+        while out > 0 {
+            // Waits as the C driver's wait_event() (uninterruptibly), but says so when the
+            // host holds a message for long: until it answers, it may still act on it.
+            let used = vq.wait_buf(|waited| {
+                if let Some(n) = self.stall_msg.lock().allow(MESSAGE_INTERVAL) {
+                    dev_warn!(
+                        self.dev(),
+                        "host has not taken a balloon message for {} s; still waiting \
+                         ({} messages suppressed)\n",
+                        waited.as_millis() / 1000,
+                        n
+                    );
+                }
+            });
+            let Some((buf, _)) = used else {
+                return false;
+            };
+            // Any free slot: the host may use the messages in any order.
+            if let Some(slot) = pfns.iter_mut().find(|s| s.is_none()) {
+                *slot = Some(buf);
+            }
+            out -= 1;
+        }
+        true
+    }
+
+    /// Sends the first `n` PFNs of the buffers in one round trip and waits for the host.
+    /// Returns how many PFNs the host was told: a prefix of the `n`, 0 if the device went
+    /// away. The caller holds `balloon_lock` throughout, as in the C driver.
+    fn send(&self, vq: &Virtqueue<PfnBuf>, pfns: &mut Pool, n: usize) -> usize {
+        let (told, out) = self.submit(vq, pfns, n);
+        if self.wait_used(vq, pfns, out) {
+            told
+        } else {
+            0
+        }
+    }
+
+    /// Waits for the inflate round trip still in flight, if any. Its pages stay in
+    /// `inflight` until the size work puts them into the balloon.
+    fn wait_inflight(&self, inner: &mut Inner) {
+        if inner.inflight_out > 0
+            && !self.wait_used(&self.inflate_vq, &mut inner.pfns, inner.inflight_out)
+        {
+            inner.inflight_told = 0;
+        }
+        inner.inflight_out = 0;
     }
 }
 
@@ -165,15 +240,22 @@ impl balloon::Migrate for HostLink {
     fn migrate(&self, new_pfn: usize, old_pfn: usize) -> Result {
         // Compaction must not wait behind a long inflate or deflate.
         let mut inner = self.balloon_lock.try_lock().ok_or(EAGAIN)?;
+        // Behind at most the one inflate round trip in flight.
+        self.wait_inflight(&mut inner);
         let n = self.put_pfns(&mut inner.pfns, 0, new_pfn);
         // If the host never heard of the new page, the old one stays in the balloon.
-        if !self.send(&self.inflate_vq, &mut inner.pfns, n) {
+        if n == 0 || self.send(&self.inflate_vq, &mut inner.pfns, n) != n {
             return Err(EAGAIN);
         }
         let n = self.put_pfns(&mut inner.pfns, 0, old_pfn);
         self.send(&self.deflate_vq, &mut inner.pfns, n);
         Ok(())
     }
+}
+
+/// `pfns` rounded down to whole guest pages: a page counts as told only with all its frames.
+fn whole_pages(pfns: usize) -> usize {
+    pfns - pfns % PAGES_PER_PAGE as usize
 }
 
 /// Inflate bookkeeping outside `balloon_lock`.
@@ -191,7 +273,7 @@ pub(super) struct Sizing {
 
 impl Sizing {
     pub(super) fn new() -> Result<impl PinInit<Self>> {
-        let filling = KVec::with_capacity(ARRAY_PFNS_MAX, GFP_KERNEL)?;
+        let filling = KVec::with_capacity(BATCH_PFNS, GFP_KERNEL)?;
         Ok(pin_init!(Sizing {
             filling <- new_mutex!(filling),
             puff <- new_mutex!(RateLimit::new()),
@@ -207,7 +289,9 @@ impl Balloon {
         };
         // ALIGN(): whole guest pages, wrapping like the C driver on absurd values.
         let target = num_pages.wrapping_add(PAGES_PER_PAGE - 1) & !(PAGES_PER_PAGE - 1);
-        i64::from(target) - i64::from(self.num_pages())
+        let inner = self.link().balloon_lock.lock();
+        // Pages of an inflate round trip in flight are on their way in.
+        i64::from(target) - i64::from(inner.num_pages) - inner.inflight_told as i64
     }
 
     /// Balloon size in 4 KiB pages.
@@ -217,11 +301,16 @@ impl Balloon {
 
     /// Reports the balloon size to the host.
     pub(super) fn update_balloon_size(&self) {
+        self.tell_actual(self.num_pages());
+    }
+
+    /// Writes `actual`; the caller holds `balloon_lock` if `num_pages` came from under it.
+    fn tell_actual(&self, num_pages: u32) {
         // Fails only once the device is gone, when there is nobody to tell.
         let _ = self
             .link()
             .transport()
-            .write_config_le32(CFG_ACTUAL, self.num_pages());
+            .write_config_le32(CFG_ACTUAL, num_pages);
     }
 
     /// Queues the size work unless the device is going away.
@@ -258,22 +347,36 @@ impl Balloon {
     pub(super) fn update_balloon_size_work(this: &Arc<Self>) {
         let mut diff = this.towards_target();
         let mut retry = None;
-        if diff > 0 {
-            match this.inflate_allowed(diff.unsigned_abs()) {
-                Ok(room) => {
-                    let got = this.fill(min(diff.unsigned_abs(), room));
-                    diff -= i64::from(got);
-                    if got == 0 {
-                        retry = Some(this.pressure.floor_backoff());
-                    } else {
-                        this.pressure.inflated();
+        let mut moved = 0u64;
+        // One round trip at a time, reading the target again after each: a reversal takes
+        // effect within one round trip.
+        while diff != 0 && retry.is_none() && moved < WORK_PAGES {
+            let got = if diff > 0 {
+                match this.inflate_allowed(diff.unsigned_abs()) {
+                    Ok(room) => {
+                        let got = this.fill(min(diff.unsigned_abs(), room));
+                        if got == 0 {
+                            retry = Some(this.pressure.floor_backoff());
+                        } else {
+                            this.pressure.inflated();
+                        }
+                        got
+                    }
+                    Err(wait) => {
+                        retry = Some(wait);
+                        0
                     }
                 }
-                Err(wait) => retry = Some(wait),
+            } else {
+                this.leak(diff.unsigned_abs())
+            };
+            if got == 0 {
+                break;
             }
-        } else if diff < 0 {
-            diff += i64::from(this.leak(diff.unsigned_abs()));
+            moved += u64::from(got);
+            diff = this.towards_target();
         }
+        this.settle(&mut this.link().balloon_lock.lock());
         this.update_balloon_size();
         match retry {
             Some(wait) => Self::retry_size_work(this, wait),
@@ -310,13 +413,18 @@ impl Balloon {
         vmstat::mem_available().saturating_sub(reserve) / BALLOON_PAGE
     }
 
-    /// Inflates by up to `num` 4 KiB pages (at most one message); returns how many.
+    /// Inflates by up to `num` 4 KiB pages (at most one round trip); returns how many.
     fn fill(&self, num: u64) -> u32 {
-        // No message buffer: a send was cut off by the device going away.
-        if self.link().balloon_lock.lock().pfns.is_none() {
+        // No message buffer, and none in flight: a round trip was cut off by the device
+        // going away.
+        let lost = {
+            let inner = self.link().balloon_lock.lock();
+            inner.pfns[0].is_none() && inner.inflight_out == 0
+        };
+        if lost {
             return 0;
         }
-        let num = min(num, ARRAY_PFNS_MAX as u64) as u32;
+        let num = min(num, BATCH_PFNS as u64) as u32;
         let mut new_pages = self.size.filling.lock();
         let mut got = 0;
         while got < num {
@@ -335,57 +443,91 @@ impl Balloon {
         let link = self.link();
         let mut inner = link.balloon_lock.lock();
         let inner = &mut *inner;
+        // The previous round trip first: the host worked on it while these pages were
+        // allocated, and its buffers carry this one.
+        self.settle(inner);
         let mut n = 0;
         for page in new_pages.iter() {
             n = link.put_pfns(&mut inner.pfns, n, page.pfn());
         }
-        // The host hears of the pages before they enter the balloon: if it cannot be told,
-        // they go straight back to the guest and nothing changed. Deflate and migration take
-        // `balloon_lock` too, so they never see a page the host has not acknowledged.
-        if !link.send(&link.inflate_vq, &mut inner.pfns, n) {
-            new_pages.clear();
-            return 0;
+        let (told, out) = link.submit(&link.inflate_vq, &mut inner.pfns, n);
+        let told = whole_pages(told);
+        // The pages the host is told of wait in `inflight` until it used every message;
+        // the others go straight back to the guest.
+        for (i, page) in new_pages.drain_all().enumerate() {
+            if i * (PAGES_PER_PAGE as usize) < told {
+                // Both vectors have room for a whole round trip: this cannot fail.
+                let _ = inner.inflight.push(page, GFP_NOWAIT);
+            }
         }
-        for page in new_pages.drain_all() {
-            self.pages.enqueue(page);
-            inner.num_pages += PAGES_PER_PAGE;
-        }
-        n as u32
+        inner.inflight_out = out;
+        inner.inflight_told = told;
+        told as u32
     }
 
-    /// Deflates by up to `num` 4 KiB pages (at most one message); returns how many.
+    /// Puts the pages of the inflate round trip in flight into the balloon once the host
+    /// used it; frees them if the device went away first (it forgets them on reset).
+    /// Deflate, the OOM notifier and migration come here first (under `balloon_lock`), so
+    /// they never see a page the host has not acknowledged, nor wait behind more than one
+    /// round trip.
+    fn settle(&self, inner: &mut Inner) {
+        if inner.inflight.is_empty() {
+            return;
+        }
+        self.link().wait_inflight(inner);
+        let told = inner.inflight_told;
+        for (i, page) in inner.inflight.drain_all().enumerate() {
+            if i * (PAGES_PER_PAGE as usize) < told {
+                self.pages.enqueue(page);
+                inner.num_pages += PAGES_PER_PAGE;
+            }
+        }
+        inner.inflight_told = 0;
+        // Once per round trip, as soon as the pages are in: a host that compares `actual`
+        // with its target must not take a stale value for the end of a change.
+        if told > 0 {
+            self.tell_actual(inner.num_pages);
+        }
+    }
+
+    /// Deflates by up to `num` 4 KiB pages (at most one round trip); returns how many.
     pub(super) fn leak(&self, num: u64) -> u32 {
         let link = self.link();
         let mut inner = link.balloon_lock.lock();
         let inner = &mut *inner;
+        self.settle(inner);
         // No message buffer: a send was cut off by the device going away; nothing can be told.
-        if inner.pfns.is_none() {
+        if inner.pfns[0].is_none() {
             return 0;
         }
-        let num = min(min(num, ARRAY_PFNS_MAX as u64), u64::from(inner.num_pages)) as u32;
+        let num = min(min(num, BATCH_PFNS as u64), u64::from(inner.num_pages)) as u32;
         let mut n = 0;
         while (n as u32) < num {
             let Some(page) = self.pages.dequeue() else {
                 break;
             };
-            n = link.put_pfns(&mut inner.pfns, n, page.pfn());
-            // Capacity for a whole message was reserved at probe: this cannot fail.
+            let next = link.put_pfns(&mut inner.pfns, n, page.pfn());
+            // Capacity for a whole round trip was reserved at probe: this cannot fail.
             let _ = inner.moving.push(page, GFP_NOWAIT);
-        }
-        if n == 0 {
-            return 0;
+            // A buffer is missing (lost with a deleted queue): send what fits.
+            if next < n + PAGES_PER_PAGE as usize {
+                break;
+            }
+            n = next;
         }
         // Tell the host before the pages go back to the guest's allocator (MUST_TELL_HOST).
-        // If it cannot be told, the pages stay in the balloon: the host still has them.
-        if !link.send(&link.deflate_vq, &mut inner.pfns, n) {
-            for page in inner.moving.drain_all() {
+        // Those it was not told of stay in the balloon: the host still has them.
+        let told = whole_pages(link.send(&link.deflate_vq, &mut inner.pfns, n));
+        for (i, page) in inner.moving.drain_all().enumerate() {
+            if i * (PAGES_PER_PAGE as usize) >= told {
                 self.pages.enqueue(page);
             }
-            return 0;
         }
-        inner.num_pages -= n as u32;
-        inner.moving.clear();
-        n as u32
+        inner.num_pages -= told as u32;
+        if told > 0 {
+            self.tell_actual(inner.num_pages);
+        }
+        told as u32
     }
 
     /// Deflates the whole balloon (unbind), telling the host about every page.

@@ -11,6 +11,7 @@
 //! | `actual`         | `query-balloon` actual, bytes                     |
 //! | `device`         | `deflate-on-oom=0/1 free-page-reporting=0/1 free-page-hint=0/1 page-poison=0/1 stats-interval=N` |
 //! | `target BYTES`   | sets the balloon and waits for actual == BYTES: `ACTUAL ms=ELAPSED` |
+//! | `bench-target BYTES` | as `target`, timed for the benchmark: `ms=Q event_ms=E vcpu_ms=V qemu_ms=O trace=N` (see `bench.rs`) |
 //! | `set BYTES`      | sets the balloon target and answers at once       |
 //! | `stats-cadence INTERVAL SECONDS` | polls guest-stats at INTERVAL s for SECONDS s: `updates=N min-gap=G max-gap=H` |
 //! | `stats`          | a fresh `guest-stats` as `stat-NAME=VALUE ...`; polling goes back to the device's interval afterwards |
@@ -28,6 +29,7 @@
 //! | `unplug`         | `device_del` of the balloon (ACPI PCI hotplug), waits for its `DEVICE_DELETED` (60 s): `ms=ELAPSED` |
 //! | `plug`           | `device_add` of a balloon with the boot's properties: `ms=ELAPSED` (the guest binds it by itself) |
 
+use crate::bench::{self, Traces};
 use crate::qmp::Monitor;
 use crate::vm::{Device, BALLOON_DRIVER, BALLOON_ID};
 use serde_json::Value;
@@ -60,6 +62,7 @@ pub enum Request {
     Actual,
     Device,
     Target(i64),
+    BenchTarget(i64),
     Set(i64),
     StatsCadence(u32, u32),
     Stats,
@@ -132,6 +135,12 @@ pub fn parse(line: &str) -> Result<Request, String> {
             n if n > 0 => Ok(Request::Target(n)),
             n => Err(format!("target {n}: must be a positive number of bytes")),
         },
+        "bench-target" => match num()? {
+            n if n > 0 => Ok(Request::BenchTarget(n)),
+            n => Err(format!(
+                "bench-target {n}: must be a positive number of bytes"
+            )),
+        },
         "wait" => Ok(Request::Wait(num()?.max(0) as u64)),
         "set" => match num()? {
             n if n > 0 => Ok(Request::Set(n)),
@@ -153,6 +162,8 @@ struct Agent {
     ram: u64,
     device: Device,
     qemu_pid: u32,
+    /// The balloon size over each `bench-target` change.
+    traces: Traces,
     /// max-bandwidth before `migrate-start` changed it, put back by `migrate-wait`.
     saved_bandwidth: Cell<Option<u64>>,
     /// The thread that resumes the VM when the started migration ends.
@@ -534,6 +545,9 @@ impl Agent {
                 )
             }
             Request::Target(b) => self.target(b)?,
+            Request::BenchTarget(b) => {
+                bench::target(&self.qmp, self.ram, b, self.qemu_pid, &self.traces)?
+            }
             Request::Set(b) => {
                 lock(&self.qmp).set_target(b)?;
                 String::new()
@@ -567,12 +581,20 @@ pub fn split_id(line: &str) -> (&str, &str) {
 }
 
 /// Serves requests on `port` until the VM goes away.
-pub fn spawn(port: UnixStream, qmp: Arc<Mutex<Monitor>>, ram: u64, device: Device, qemu_pid: u32) {
+pub fn spawn(
+    port: UnixStream,
+    qmp: Arc<Mutex<Monitor>>,
+    ram: u64,
+    device: Device,
+    qemu_pid: u32,
+    traces: Traces,
+) {
     let agent = Agent {
         qmp,
         ram,
         device,
         qemu_pid,
+        traces,
         saved_bandwidth: Cell::new(None),
         migration: Cell::new(None),
         wake: Cell::new(None),

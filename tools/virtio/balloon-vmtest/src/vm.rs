@@ -2,8 +2,8 @@
 //! A QEMU guest with a virtio-balloon device, its console, QMP monitor and
 //! the virtio-serial control port the guest tests talk to.
 
-use crate::agent;
 use crate::qmp::Monitor;
+use crate::{agent, bench};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -307,6 +307,9 @@ impl Config {
         }
         a.extend(
             [
+                // Thread names ("CPU 0/TCG"), so the benchmark can tell vCPU time apart.
+                "-name",
+                "balloon-vm,debug-threads=on",
                 "-smp",
                 &self.cpus.to_string(),
                 "-m",
@@ -370,6 +373,8 @@ pub struct Vm {
     pub log: Vec<String>,
     pub log_path: PathBuf,
     pub started: Instant,
+    /// The balloon size over each benchmark change (`bench-target`).
+    pub traces: bench::Traces,
 }
 
 fn connect_retry(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
@@ -413,12 +418,14 @@ impl Vm {
         let qmp = Monitor::new(connect_retry(&cfg.dir.join("qmp.sock"), deadline)?, events)?;
         let qmp = Arc::new(Mutex::new(qmp));
         let ctl = connect_retry(&cfg.dir.join("ctl.sock"), deadline)?;
+        let traces = bench::Traces::default();
         agent::spawn(
             ctl,
             qmp.clone(),
             cfg.mem_mib << 20,
             cfg.device.clone(),
             child.id(),
+            traces.clone(),
         );
 
         let console_in = console.try_clone()?;
@@ -444,6 +451,7 @@ impl Vm {
             log: Vec::new(),
             log_path,
             started,
+            traces,
         })
     }
 
@@ -654,7 +662,7 @@ mod tests {
             log_name: "x".into(),
         };
         let a = cfg.qemu_args().join(" ");
-        assert!(a.starts_with("-accel tcg -smp 2 -m 1024M"));
+        assert!(a.starts_with("-accel tcg -name balloon-vm,debug-threads=on -smp 2 -m 1024M"));
         assert!(a.contains("vb.driver=virtio_balloon vb.mode=check vb.tests=balloon -chardev"));
         assert!(a.contains("-object iothread,id=iot0 -device virtio-balloon-pci,id=balloon0"));
         assert!(!a.contains("-cpu host"));

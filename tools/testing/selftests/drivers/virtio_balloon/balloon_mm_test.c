@@ -886,6 +886,43 @@ TEST_F_TIMEOUT(compaction, moves_balloon_pages, 300)
 	EXPECT_EQ(c->ram - below, host_num(c->host, c->why, sizeof(c->why), "actual"));
 }
 
+/*
+ * Compaction while the balloon inflates: balloon pages move while others are
+ * still on their way to the host. No page may be lost or counted twice: the
+ * balloon lands exactly on the target, and host and guest agree, before and
+ * after the deflate.
+ */
+TEST_F_TIMEOUT(compaction, during_large_inflate, 300)
+{
+	struct balloon_ctx *c = &self->c;
+	long long below = c->ram / 2, total0, mig0, start, b;
+	int runs = 0, during = 0;
+
+	refresh_counters();
+	total0 = proc_meminfo("MemTotal");
+	mig0 = proc_vmstat("balloon_migrate");
+	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "set %lld", c->ram - below)) {
+		TH_LOG("host 'set': %s", c->why);
+	}
+	for (start = now_ms(); now_ms() - start < 120000; runs++) {
+		refresh_counters();
+		b = proc_meminfo("Balloon");
+		if (b == below)
+			break;
+		during++;
+		ASSERT_EQ(0, sysfs_write("/proc/sys/vm/compact_memory", "1"));
+	}
+	ASSERT_EQ(0, balloon_to(_metadata, c, below));
+	refresh_counters();
+	TH_LOG("%s: %d full compactions while the balloon inflated to %lld MiB in %lld ms; balloon_migrate +%lld",
+	       driver_name(), during, below / MIB, now_ms() - start,
+	       proc_vmstat("balloon_migrate") - mig0);
+	EXPECT_LT(0, during);
+	expect_balloon(_metadata, c, below, total0);
+	ASSERT_EQ(0, balloon_to(_metadata, c, 0));
+	expect_balloon(_metadata, c, 0, total0);
+}
+
 int main(int argc, char **argv)
 {
 	char **args = balloon_test_args(&argc, argv);

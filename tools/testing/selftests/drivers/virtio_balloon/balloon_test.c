@@ -290,6 +290,65 @@ TEST_F_TIMEOUT(balloon, rapid_target_changes_settle_on_last, 300)
 	expect_balloon(_metadata, &self->b, 200 * MIB, total0);
 }
 
+/* Sets the host's target @below full RAM without waiting for the guest. */
+static int set_below(struct balloon_ctx *c, long long below)
+{
+	return host_req(c->host, c->why, sizeof(c->why), "set %lld", c->ram - below);
+}
+
+/* Polls until the guest's balloon is strictly between @lo and @hi: it, or -1 after @secs. */
+static long long wait_between(long long lo, long long hi, int secs)
+{
+	long long start = now_ms(), b;
+
+	while (now_ms() - start < secs * 1000LL) {
+		refresh_counters();
+		b = proc_meminfo("Balloon");
+		if (b > lo && b < hi)
+			return b;
+		usleep(1000);
+	}
+	return -1;
+}
+
+/*
+ * The host turns its target around while the balloon moves: mid-inflate back
+ * to empty, and mid-deflate up again. Pages still on their way to the host
+ * when the target turns must neither be lost nor counted twice: the balloon
+ * lands exactly, and host and guest agree.
+ */
+TEST_F_TIMEOUT(balloon, target_reversal_mid_change, 300)
+{
+	struct balloon_ctx *c = &self->b;
+	long long total0, big = c->ram / 2, back = big * 3 / 4, at_inflate, at_deflate;
+
+	refresh_counters();
+	total0 = proc_meminfo("MemTotal");
+	ASSERT_EQ(0, set_below(c, big)) TH_LOG("host 'set': %s", c->why);
+	at_inflate = wait_between(0, big, 60);
+	ASSERT_LT(0, at_inflate) TH_LOG("the balloon never showed between 0 and %lld MiB", big / MIB);
+	/*
+	 * The host cannot tell when a change ends: right after the turn,
+	 * `actual` may still show a value the balloon passed on its way and
+	 * equal the new target. So wait until guest and host agree.
+	 */
+	ASSERT_EQ(0, balloon_to(_metadata, c, 0));
+	ASSERT_EQ(0, wait_balloon(c, 0, 60));
+	expect_balloon(_metadata, c, 0, total0);
+
+	ASSERT_EQ(0, balloon_to(_metadata, c, big));
+	ASSERT_EQ(0, set_below(c, 0)) TH_LOG("host 'set': %s", c->why);
+	at_deflate = wait_between(0, back, 60);
+	ASSERT_LT(0, at_deflate) TH_LOG("the balloon never showed between 0 and %lld MiB", back / MIB);
+	ASSERT_EQ(0, balloon_to(_metadata, c, back));
+	ASSERT_EQ(0, wait_balloon(c, back, 60));
+	expect_balloon(_metadata, c, back, total0);
+	TH_LOG("%s: turned at %lld KiB of %lld MiB inflating, at %lld KiB deflating (to %lld MiB)",
+	       driver_name(), at_inflate / 1024, big / MIB, at_deflate / 1024, back / MIB);
+	ASSERT_EQ(0, balloon_to(_metadata, c, 0));
+	expect_balloon(_metadata, c, 0, total0);
+}
+
 /*
  * Unbinding the driver, or unloading its module, with an inflated balloon
  * gives every page back; binding again inflates to the host's target again.
