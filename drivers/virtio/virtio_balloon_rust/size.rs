@@ -45,8 +45,9 @@ const RESERVE_SHIFT: u32 = 3;
 const RESERVE_MIN: u64 = 64 << 20;
 const RESERVE_MAX: u64 = 1 << 30;
 
-/// The message buffers of one round trip. A slot is `None` only while its buffer is on a
-/// queue inside [`HostLink::send`], which puts it back unless the device went away.
+/// The message buffers of one round trip. A slot is `None` while its buffer is on a queue:
+/// inside [`HostLink::send`], or for an inflate round trip in flight until it is waited
+/// for; waiting puts it back unless the device went away.
 type Pool = [Option<KBox<PfnBuf>>; BATCH];
 
 /// State protected by `balloon_lock`: the balloon size and the message buffers.
@@ -467,9 +468,9 @@ impl Balloon {
 
     /// Puts the pages of the inflate round trip in flight into the balloon once the host
     /// used it; frees them if the device went away first (it forgets them on reset).
-    /// Deflate, the OOM notifier and migration come here first (under `balloon_lock`), so
-    /// they never see a page the host has not acknowledged, nor wait behind more than one
-    /// round trip.
+    /// Deflate and the OOM notifier come here first (under `balloon_lock`; migration only
+    /// waits for the round trip), so they never see a page the host has not acknowledged,
+    /// nor wait behind more than one round trip.
     fn settle(&self, inner: &mut Inner) {
         if inner.inflight.is_empty() {
             return;
