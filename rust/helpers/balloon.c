@@ -38,3 +38,19 @@ __rust_helper bool rust_helper_page_poisoning_enabled_static(void)
 {
 	return page_poisoning_enabled_static();
 }
+
+/* Links @page into the list @pages through page->lru, for balloon_page_list_enqueue(). */
+__rust_helper void rust_helper_balloon_page_push(struct list_head *pages, struct page *page)
+{
+	list_add(&page->lru, pages);
+}
+
+/* Unlinks and returns the first page of @pages, or NULL when the list is empty. */
+__rust_helper struct page *rust_helper_balloon_page_pop(struct list_head *pages)
+{
+	struct page *page = list_first_entry_or_null(pages, struct page, lru);
+
+	if (page)
+		list_del(&page->lru);
+	return page;
+}

@@ -16,9 +16,35 @@
 
 use crate::{bindings, container_of, ffi::c_void, prelude::*, types::Opaque};
 use core::{
+    cmp::min,
+    mem::MaybeUninit,
     ptr::NonNull,
     sync::atomic::{AtomicUsize, Ordering},
 };
+
+/// Order of the free blocks [`BalloonPage::alloc_bulk`] takes whole: 2 MiB with 4 KiB pages,
+/// the size of a host huge page on x86.
+pub const BULK_ORDER: u32 = if bindings::MAX_PAGE_ORDER < 9 {
+    bindings::MAX_PAGE_ORDER
+} else {
+    9
+};
+
+/// Pages in a block of [`BULK_ORDER`].
+pub const BULK_PAGES: usize = 1 << BULK_ORDER;
+
+/// Most pages one list operation moves under `balloon_pages_lock`, which it holds with
+/// interrupts off: one virtio-balloon message's worth.
+const LIST_CHUNK: usize = 256;
+
+/// Makes `slot` an empty C list of pages (linked through `page->lru`) and returns its head,
+/// which is valid until `slot` moves or goes out of scope.
+fn page_list(slot: &mut MaybeUninit<bindings::list_head>) -> *mut bindings::list_head {
+    let head = slot.as_mut_ptr();
+    // SAFETY: `head` is valid for writes; the list points to itself until pages are linked.
+    unsafe { bindings::INIT_LIST_HEAD(head) };
+    head
+}
 
 /// A page allocated for, or taken back from, a balloon. Dropping it frees it.
 pub struct BalloonPage(NonNull<bindings::page>);
@@ -32,6 +58,57 @@ impl BalloonPage {
     pub fn alloc() -> Option<Self> {
         // SAFETY: FFI call without preconditions.
         NonNull::new(unsafe { bindings::balloon_page_alloc() }).map(Self)
+    }
+
+    /// Allocates up to `n` pages for the balloon, hands each to `f`, and returns how many.
+    ///
+    /// While a whole block's worth is still wanted, it takes free blocks of `2^BULK_ORDER`
+    /// pages when the allocator has one right now (no reclaim, no compaction, no kswapd) and
+    /// splits each into order-0 pages: one allocation instead of 512, each page still migrates
+    /// on its own, and the host gets contiguous ranges (whole huge pages) to discard. The rest,
+    /// and everything once no block is free, are single pages as from [`BalloonPage::alloc`].
+    /// Stops early when not even a single page can be had.
+    pub fn alloc_bulk(n: usize, mut f: impl FnMut(BalloonPage)) -> usize {
+        let movable = if cfg!(CONFIG_BALLOON_MIGRATION) {
+            bindings::GFP_HIGHUSER_MOVABLE
+        } else {
+            bindings::GFP_HIGHUSER
+        };
+        let gfp = (movable & !bindings::__GFP_RECLAIM)
+            | bindings::__GFP_NORETRY
+            | bindings::__GFP_NOWARN
+            | bindings::__GFP_NOMEMALLOC;
+        let mut got = 0;
+        let mut blocks = true;
+        while got < n {
+            if blocks && n - got >= BULK_PAGES {
+                // SAFETY: FFI call without preconditions. Without `__GFP_COMP` the block is
+                // not a compound page.
+                match NonNull::new(unsafe { bindings::alloc_pages(gfp, BULK_ORDER) }) {
+                    Some(first) => {
+                        // SAFETY: `first` heads a non-compound block of order `BULK_ORDER`,
+                        // owned by us; afterwards each of its pages has a reference of its own.
+                        unsafe { bindings::split_page(first.as_ptr(), BULK_ORDER) };
+                        for i in 0..BULK_PAGES {
+                            // SAFETY: The `struct page`s of one buddy block are contiguous (as
+                            // `split_page` itself assumes), so `first + i` is the block's page
+                            // `i`, and non-null; its reference is ours to hand out.
+                            let page = unsafe { NonNull::new_unchecked(first.as_ptr().add(i)) };
+                            f(BalloonPage(page));
+                        }
+                        got += BULK_PAGES;
+                        continue;
+                    }
+                    None => blocks = false,
+                }
+            }
+            match Self::alloc() {
+                Some(page) => f(page),
+                None => break,
+            }
+            got += 1;
+        }
+        got
     }
 
     /// The page frame number.
@@ -151,6 +228,73 @@ impl<M: Migrate> BalloonPages<M> {
         unsafe { bindings::balloon_page_enqueue(self.info.get(), p) };
         self.count.fetch_add(1, Ordering::Relaxed);
         pfn
+    }
+
+    /// Puts every page of `pages` into the balloon and returns how many, a list of up to
+    /// 256 pages at a time (`balloon_page_list_enqueue`): one lock round trip, and one managed
+    /// page count update per zone, for each.
+    pub fn enqueue_all(&self, pages: impl IntoIterator<Item = BalloonPage>) -> usize {
+        let mut pages = pages.into_iter();
+        let mut total = 0;
+        loop {
+            let mut slot = MaybeUninit::uninit();
+            // Stays in place until the list is handed over below.
+            let list = page_list(&mut slot);
+            let mut n = 0;
+            for page in pages.by_ref().take(LIST_CHUNK) {
+                let p = page.0.as_ptr();
+                core::mem::forget(page);
+                // SAFETY: `list` is a valid list head; `p` is a page we owned, on no list (its
+                // `lru` is free), whose reference the list now holds.
+                unsafe { bindings::balloon_page_push(list, p) };
+                n += 1;
+            }
+            if n == 0 {
+                return total;
+            }
+            // SAFETY: `self.info` is initialized and pinned; `list` holds balloon pages we
+            // owned, all of which the balloon takes (and `list` is left empty).
+            let done = unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list) };
+            self.count.fetch_add(done, Ordering::Relaxed);
+            total += done;
+        }
+    }
+
+    /// Takes up to `n` pages out of the balloon, a list of up to 256 at a time
+    /// (`balloon_page_list_dequeue`), hands each to `f`, and returns how many: fewer when the
+    /// balloon holds fewer, or some of them are isolated for migration right now.
+    pub fn dequeue_many(&self, n: usize, mut f: impl FnMut(BalloonPage)) -> usize {
+        let mut total = 0;
+        while total < n {
+            let chunk = min(n - total, LIST_CHUNK);
+            // Claim the pages in the count first, as `dequeue` does.
+            let Ok(had) = self
+                .count
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                    (c > 0).then(|| c - min(c, chunk))
+                })
+            else {
+                break;
+            };
+            let want = min(had, chunk);
+            let mut slot = MaybeUninit::uninit();
+            // Stays in place until the list is emptied below.
+            let list = page_list(&mut slot);
+            // SAFETY: `self.info` is initialized; `list` is an empty list head.
+            let got = unsafe { bindings::balloon_page_list_dequeue(self.info.get(), list, want) };
+            if got < want {
+                self.count.fetch_add(want - got, Ordering::Relaxed);
+            }
+            // SAFETY: `list` holds only the pages just dequeued, one reference each, now ours.
+            while let Some(p) = NonNull::new(unsafe { bindings::balloon_page_pop(list) }) {
+                f(BalloonPage(p));
+            }
+            total += got;
+            if got < want {
+                break;
+            }
+        }
+        total
     }
 
     /// Takes a page out of the balloon, or `None` when it is empty (or every page in it is
@@ -332,6 +476,49 @@ mod tests {
         b.enqueue(BalloonPage::alloc().ok_or(ENOMEM)?);
         drop(b);
         assert_eq!(vmstat::meminfo().total, total);
+        Ok(())
+    }
+
+    #[test]
+    fn lists_move_every_page_and_count_managed_memory() -> Result {
+        let page_bytes = crate::page::PAGE_SIZE as u64;
+        let b = balloon(true)?;
+        let total = vmstat::meminfo().total;
+        // More than one list chunk, and more than one block.
+        let mut pages = KVec::with_capacity(2 * BULK_PAGES + 3, GFP_KERNEL)?;
+        let n = BalloonPage::alloc_bulk(2 * BULK_PAGES + 3, |p| {
+            let _ = pages.push(p, GFP_KERNEL);
+        });
+        assert_eq!(n, 2 * BULK_PAGES + 3);
+        assert_eq!(pages.len(), n);
+        assert_eq!(b.enqueue_all(pages.drain_all()), n);
+        assert_eq!(b.len(), n);
+        assert_eq!(vmstat::meminfo().total, total - n as u64 * page_bytes);
+        let mut out = 0;
+        assert_eq!(b.dequeue_many(n + 10, |_| out += 1), n);
+        assert_eq!(out, n);
+        assert!(b.is_empty());
+        assert!(b.dequeue().is_none());
+        assert_eq!(vmstat::meminfo().total, total);
+        Ok(())
+    }
+
+    #[test]
+    fn bulk_pages_come_from_whole_blocks() -> Result {
+        // A guest that just booted has free blocks: the first one must be taken whole.
+        let mut pfns = KVec::with_capacity(BULK_PAGES, GFP_KERNEL)?;
+        let mut pages = KVec::with_capacity(BULK_PAGES, GFP_KERNEL)?;
+        BalloonPage::alloc_bulk(BULK_PAGES, |p| {
+            let _ = pfns.push(p.pfn(), GFP_KERNEL);
+            let _ = pages.push(p, GFP_KERNEL);
+        });
+        assert_eq!(pfns.len(), BULK_PAGES);
+        assert_eq!(pfns[0] % BULK_PAGES, 0);
+        for (i, pfn) in pfns.iter().enumerate() {
+            assert_eq!(*pfn, pfns[0] + i);
+        }
+        // Each page is freed on its own.
+        drop(pages);
         Ok(())
     }
 

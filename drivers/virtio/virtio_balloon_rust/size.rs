@@ -7,7 +7,10 @@ use super::{
     wakeup, Balloon, RateLimit, CFG_ACTUAL, CFG_NUM_PAGES, F_DEFLATE_ON_OOM, MESSAGE_INTERVAL,
     PAGES_PER_PAGE,
 };
-use core::cmp::min;
+use core::{
+    cmp::min,
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
+};
 use kernel::{
     balloon::{self, BalloonPage},
     bindings, device, new_mutex,
@@ -270,6 +273,10 @@ pub(super) struct Sizing {
     /// "Out of puff" messages.
     #[pin]
     puff: Mutex<RateLimit>,
+    /// Set when the config space changed (atomic context): `target` is stale.
+    reread: AtomicBool,
+    /// The host's target (`num_pages`) as last read.
+    target: AtomicU32,
 }
 
 impl Sizing {
@@ -278,15 +285,36 @@ impl Sizing {
         Ok(pin_init!(Sizing {
             filling <- new_mutex!(filling),
             puff <- new_mutex!(RateLimit::new()),
+            reread: AtomicBool::new(true),
+            target: AtomicU32::new(0),
         }))
+    }
+
+    /// The config space changed (atomic context): the next [`Balloon::towards_target`]
+    /// reads the target again.
+    pub(super) fn config_changed(&self) {
+        self.reread.store(true, Ordering::Release);
     }
 }
 
 impl Balloon {
-    /// How many 4 KiB pages the balloon must grow (positive) or shrink (negative) by.
-    pub(super) fn towards_target(&self) -> i64 {
-        let Ok(num_pages) = self.link().transport().read_config_le32(CFG_NUM_PAGES) else {
-            return 0;
+    /// How many 4 KiB pages the balloon must grow (positive) or shrink (negative) by. Reads
+    /// the host's target only if the config space changed since the last read, or if `fresh`.
+    ///
+    /// Under a TCG or otherwise emulated device a config read waits for the device model,
+    /// which is busy with the round trip just queued: reading it after every round trip
+    /// would keep the guest from allocating the next batch meanwhile. The device notifies
+    /// every change of the target, so a cached value is only stale once `reread` is set.
+    pub(super) fn towards_target(&self, fresh: bool) -> i64 {
+        let num_pages = if self.size.reread.swap(false, Ordering::AcqRel) || fresh {
+            let Ok(n) = self.link().transport().read_config_le32(CFG_NUM_PAGES) else {
+                self.size.reread.store(true, Ordering::Release);
+                return 0;
+            };
+            self.size.target.store(n, Ordering::Relaxed);
+            n
+        } else {
+            self.size.target.load(Ordering::Relaxed)
         };
         // ALIGN(): whole guest pages, wrapping like the C driver on absurd values.
         let target = num_pages.wrapping_add(PAGES_PER_PAGE - 1) & !(PAGES_PER_PAGE - 1);
@@ -346,7 +374,8 @@ impl Balloon {
     }
 
     pub(super) fn update_balloon_size_work(this: &Arc<Self>) {
-        let mut diff = this.towards_target();
+        // Read afresh once per run, whatever the notifications said.
+        let mut diff = this.towards_target(true);
         let mut retry = None;
         let mut moved = 0u64;
         // One round trip at a time, reading the target again after each: a reversal takes
@@ -375,7 +404,7 @@ impl Balloon {
                 break;
             }
             moved += u64::from(got);
-            diff = this.towards_target();
+            diff = this.towards_target(false);
         }
         this.settle(&mut this.link().balloon_lock.lock());
         this.update_balloon_size();
@@ -427,15 +456,13 @@ impl Balloon {
         }
         let num = min(num, BATCH_PFNS as u64) as u32;
         let mut new_pages = self.size.filling.lock();
-        let mut got = 0;
-        while got < num {
+        let want = num.div_ceil(PAGES_PER_PAGE) as usize;
+        BalloonPage::alloc_bulk(want, |page| {
             // Within the capacity reserved at probe, `push` does not allocate.
-            let added = BalloonPage::alloc().is_some_and(|p| new_pages.push(p, GFP_NOWAIT).is_ok());
-            if !added {
-                self.out_of_puff(u64::from(num - got));
-                break;
-            }
-            got += PAGES_PER_PAGE;
+            let _ = new_pages.push(page, GFP_NOWAIT);
+        });
+        if new_pages.len() < want {
+            self.out_of_puff(((want - new_pages.len()) as u64) * u64::from(PAGES_PER_PAGE));
         }
         if new_pages.is_empty() {
             return 0;
@@ -477,12 +504,13 @@ impl Balloon {
         }
         self.link().wait_inflight(inner);
         let told = inner.inflight_told;
-        for (i, page) in inner.inflight.drain_all().enumerate() {
-            if i * (PAGES_PER_PAGE as usize) < told {
-                self.pages.enqueue(page);
-                inner.num_pages += PAGES_PER_PAGE;
-            }
-        }
+        // The pages the host was told of enter the balloon; the others go back to the guest.
+        let mut pages = inner.inflight.drain_all();
+        let n = self
+            .pages
+            .enqueue_all(pages.by_ref().take(told / PAGES_PER_PAGE as usize));
+        drop(pages);
+        inner.num_pages += n as u32 * PAGES_PER_PAGE;
         inner.inflight_told = 0;
         // Once per round trip, as soon as the pages are in: a host that compares `actual`
         // with its target must not take a stale value for the end of a change.
@@ -503,27 +531,25 @@ impl Balloon {
         }
         let num = min(min(num, BATCH_PFNS as u64), u64::from(inner.num_pages)) as u32;
         let mut n = 0;
-        while (n as u32) < num {
-            let Some(page) = self.pages.dequeue() else {
-                break;
-            };
-            let next = link.put_pfns(&mut inner.pfns, n, page.pfn());
-            // Capacity for a whole round trip was reserved at probe: this cannot fail.
-            let _ = inner.moving.push(page, GFP_NOWAIT);
-            // A buffer is missing (lost with a deleted queue): send what fits.
-            if next < n + PAGES_PER_PAGE as usize {
-                break;
-            }
-            n = next;
-        }
+        let (pfns, moving) = (&mut inner.pfns, &mut inner.moving);
+        self.pages
+            .dequeue_many(num.div_ceil(PAGES_PER_PAGE) as usize, |page| {
+                // Stops growing at a missing buffer (lost with a deleted queue): the pages
+                // after it are not told, and go back into the balloon below.
+                n = link.put_pfns(pfns, n, page.pfn());
+                // Capacity for a whole round trip was reserved at probe: this cannot fail.
+                let _ = moving.push(page, GFP_NOWAIT);
+            });
         // Tell the host before the pages go back to the guest's allocator (MUST_TELL_HOST).
         // Those it was not told of stay in the balloon: the host still has them.
         let told = whole_pages(link.send(&link.deflate_vq, &mut inner.pfns, n));
-        for (i, page) in inner.moving.drain_all().enumerate() {
-            if i * (PAGES_PER_PAGE as usize) >= told {
-                self.pages.enqueue(page);
-            }
-        }
+        let mut pages = inner.moving.drain_all();
+        // The pages told of go back to the guest, the others back into the balloon.
+        pages
+            .by_ref()
+            .take(told / PAGES_PER_PAGE as usize)
+            .for_each(drop);
+        self.pages.enqueue_all(pages);
         inner.num_pages -= told as u32;
         if told > 0 {
             self.tell_actual(inner.num_pages);

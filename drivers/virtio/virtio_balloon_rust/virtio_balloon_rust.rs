@@ -441,6 +441,7 @@ impl VirtioBalloon {
         let Some(Live { b, .. }) = &*live else {
             return;
         };
+        b.size.config_changed();
         // Held while queueing, so `quiesce` cannot miss a work item queued here.
         let stop = b.stop_update.lock();
         if *stop {
@@ -542,7 +543,7 @@ impl virtio::Driver for BalloonDriver {
         // Empty after a restore: say so, in case the host missed it before the reset.
         b.update_balloon_size();
         // The host may have set a target (or a hint cmd id) before the driver came.
-        if b.towards_target() != 0 {
+        if b.towards_target(true) != 0 {
             this.changed();
         }
         Ok(())
