@@ -139,11 +139,10 @@ impl Balloon {
 }
 
 impl oom::OomNotify for Balloon {
-    /// Process context with `oom_lock` held: `leak` sleeps on `balloon_lock` and the host's
-    /// answer, and allocates nothing.
+    /// Process context with `oom_lock` held: `leak_now` sleeps on `balloon_lock` and the
+    /// host's answer, allocates nothing, and writes `actual` once the pages are back.
     fn out_of_memory(&self) -> usize {
-        let freed = self.leak(OOM_NR_PAGES);
-        self.update_balloon_size();
+        let freed = self.leak_now(OOM_NR_PAGES);
         if freed > 0 {
             let (hold, total) = self.pressure.oom_deflated(u64::from(freed));
             if let Some(suppressed) = self.pressure.msg.lock().allow(MESSAGE_INTERVAL) {

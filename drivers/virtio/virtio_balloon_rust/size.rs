@@ -53,23 +53,33 @@ const RESERVE_MAX: u64 = 1 << 30;
 /// for; waiting puts it back unless the device went away.
 type Pool = [Option<KBox<PfnBuf>>; BATCH];
 
-/// State protected by `balloon_lock`: the balloon size and the message buffers.
+/// Which way a round trip moves pages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Inflate,
+    Deflate,
+}
+
+/// State protected by `balloon_lock`: the balloon size, the message buffers, and the round
+/// trip in flight.
 struct Inner {
     /// Balloon size in 4 KiB balloon pages, as reported in `actual`.
     num_pages: u32,
     /// The PFN message buffers.
     pfns: Pool,
-    /// Pages in flight: taken out for a deflate, until the host was told (room for one
-    /// round trip).
+    /// Pages taken out of the balloon for the next deflate round trip (room for one).
     moving: KVec<BalloonPage>,
-    /// The inflate round trip last queued, which the host may still be working on while
-    /// the size work allocates the next: its pages enter the balloon (and count in
-    /// `num_pages`) only once the host used every message ([`Balloon::settle`]).
-    inflight: KVec<BalloonPage>,
+    /// The round trip last queued, which the host may still be working on while the size
+    /// work prepares the next. Its pages change the balloon (enter it, or go back to the
+    /// guest) and `num_pages` only once the host used every message ([`Balloon::settle`]).
+    trip: KVec<BalloonPage>,
+    /// Which way `trip` goes.
+    trip_dir: Dir,
     /// Messages of that round trip the host has not used yet.
-    inflight_out: usize,
-    /// Frames of that round trip the host was told of; 0 if the device went away.
-    inflight_told: usize,
+    trip_out: usize,
+    /// Frames of that round trip the host was told of (all of `trip`); 0 if the device went
+    /// away before it used them.
+    trip_told: usize,
 }
 
 /// What telling the host about pages needs: the inflate and deflate queues and
@@ -102,7 +112,7 @@ impl HostLink {
             *slot = Some(KBox::new([0u32; ARRAY_PFNS_MAX], GFP_KERNEL)?);
         }
         let moving = KVec::with_capacity(BATCH_PFNS, GFP_KERNEL)?;
-        let inflight = KVec::with_capacity(BATCH_PFNS, GFP_KERNEL)?;
+        let trip = KVec::with_capacity(BATCH_PFNS, GFP_KERNEL)?;
         let order = dev.byte_order();
         let dev: ARef<virtio::Device> = dev.into();
         Ok(pin_init!(HostLink {
@@ -115,9 +125,10 @@ impl HostLink {
                 num_pages: 0,
                 pfns,
                 moving,
-                inflight,
-                inflight_out: 0,
-                inflight_told: 0,
+                trip,
+                trip_dir: Dir::Inflate,
+                trip_out: 0,
+                trip_told: 0,
             }),
             stall_msg <- new_mutex!(RateLimit::new()),
         }))
@@ -226,15 +237,17 @@ impl HostLink {
         }
     }
 
-    /// Waits for the inflate round trip still in flight, if any. Its pages stay in
-    /// `inflight` until the size work puts them into the balloon.
-    fn wait_inflight(&self, inner: &mut Inner) {
-        if inner.inflight_out > 0
-            && !self.wait_used(&self.inflate_vq, &mut inner.pfns, inner.inflight_out)
-        {
-            inner.inflight_told = 0;
+    /// Waits until the host used every message of the round trip in flight, if any. Its
+    /// pages stay in `trip` until the size work (or the OOM notifier) settles it.
+    fn wait_trip(&self, inner: &mut Inner) {
+        let vq = match inner.trip_dir {
+            Dir::Inflate => &self.inflate_vq,
+            Dir::Deflate => &self.deflate_vq,
+        };
+        if inner.trip_out > 0 && !self.wait_used(vq, &mut inner.pfns, inner.trip_out) {
+            inner.trip_told = 0;
         }
-        inner.inflight_out = 0;
+        inner.trip_out = 0;
     }
 }
 
@@ -244,8 +257,8 @@ impl balloon::Migrate for HostLink {
     fn migrate(&self, new_pfn: usize, old_pfn: usize) -> Result {
         // Compaction must not wait behind a long inflate or deflate.
         let mut inner = self.balloon_lock.try_lock().ok_or(EAGAIN)?;
-        // Behind at most the one inflate round trip in flight.
-        self.wait_inflight(&mut inner);
+        // Behind at most the one round trip in flight.
+        self.wait_trip(&mut inner);
         let n = self.put_pfns(&mut inner.pfns, 0, new_pfn);
         // If the host never heard of the new page, the old one stays in the balloon.
         if n == 0 || self.send(&self.inflate_vq, &mut inner.pfns, n) != n {
@@ -319,8 +332,12 @@ impl Balloon {
         // ALIGN(): whole guest pages, wrapping like the C driver on absurd values.
         let target = num_pages.wrapping_add(PAGES_PER_PAGE - 1) & !(PAGES_PER_PAGE - 1);
         let inner = self.link().balloon_lock.lock();
-        // Pages of an inflate round trip in flight are on their way in.
-        i64::from(target) - i64::from(inner.num_pages) - inner.inflight_told as i64
+        // The pages of the round trip in flight are on their way in or out.
+        let moving = match inner.trip_dir {
+            Dir::Inflate => inner.trip_told as i64,
+            Dir::Deflate => -(inner.trip_told as i64),
+        };
+        i64::from(target) - i64::from(inner.num_pages) - moving
     }
 
     /// Balloon size in 4 KiB pages.
@@ -449,7 +466,7 @@ impl Balloon {
         // going away.
         let lost = {
             let inner = self.link().balloon_lock.lock();
-            inner.pfns[0].is_none() && inner.inflight_out == 0
+            inner.pfns[0].is_none() && inner.trip_out == 0
         };
         if lost {
             return 0;
@@ -468,93 +485,131 @@ impl Balloon {
             return 0;
         }
 
+        self.turn(
+            &mut self.link().balloon_lock.lock(),
+            Dir::Inflate,
+            &mut new_pages,
+        )
+    }
+
+    /// Queues `pages` as the next round trip in direction `dir`, and settles the one before
+    /// (which the host worked on while these pages were gathered). Returns how many 4 KiB
+    /// frames the host was told of. Of `pages`, those told of wait in `trip` until the host
+    /// used them; the others go back where they came from at once.
+    fn turn(&self, inner: &mut Inner, dir: Dir, pages: &mut KVec<BalloonPage>) -> u32 {
         let link = self.link();
-        let mut inner = link.balloon_lock.lock();
-        let inner = &mut *inner;
-        // The previous round trip first: the host worked on it while these pages were
-        // allocated, and its buffers carry this one.
-        self.settle(inner);
+        // The buffers of the previous round trip carry this one.
+        link.wait_trip(inner);
         let mut n = 0;
-        for page in new_pages.iter() {
+        for page in pages.iter() {
             n = link.put_pfns(&mut inner.pfns, n, page.pfn());
         }
-        let (told, out) = link.submit(&link.inflate_vq, &mut inner.pfns, n);
+        let vq = match dir {
+            Dir::Inflate => &link.inflate_vq,
+            Dir::Deflate => &link.deflate_vq,
+        };
+        let (told, out) = link.submit(vq, &mut inner.pfns, n);
         let told = whole_pages(told);
-        // The pages the host is told of wait in `inflight` until it used every message;
-        // the others go straight back to the guest.
-        for (i, page) in new_pages.drain_all().enumerate() {
-            if i * (PAGES_PER_PAGE as usize) < told {
-                // Both vectors have room for a whole round trip: this cannot fail.
-                let _ = inner.inflight.push(page, GFP_NOWAIT);
+        // The previous round trip's pages move while the host works on this one.
+        self.finish_trip(inner);
+        let mut pages = pages.drain_all();
+        for page in pages.by_ref().take(told / PAGES_PER_PAGE as usize) {
+            // Both vectors have room for one round trip: this cannot fail.
+            let _ = inner.trip.push(page, GFP_NOWAIT);
+        }
+        match dir {
+            Dir::Inflate => drop(pages),
+            Dir::Deflate => {
+                self.pages.enqueue_all(pages);
             }
         }
-        inner.inflight_out = out;
-        inner.inflight_told = told;
+        inner.trip_dir = dir;
+        inner.trip_out = out;
+        inner.trip_told = told;
         told as u32
     }
 
-    /// Puts the pages of the inflate round trip in flight into the balloon once the host
-    /// used it; frees them if the device went away first (it forgets them on reset).
-    /// Deflate and the OOM notifier come here first (under `balloon_lock`; migration only
-    /// waits for the round trip), so they never see a page the host has not acknowledged,
-    /// nor wait behind more than one round trip.
+    /// Waits for the round trip in flight and moves its pages: in an inflate, into the
+    /// balloon; in a deflate, back to the guest. If the device went away first (it forgets
+    /// them on reset), inflated pages go back to the guest and deflated ones stay in the
+    /// balloon, to be freed after the reset. Deflate settles before each round trip, and
+    /// the OOM notifier after its own, so no page goes back to the guest before the host
+    /// acknowledged it (MUST_TELL_HOST), nor is deflated before its inflate was; and none of
+    /// them waits behind more than one round trip.
     fn settle(&self, inner: &mut Inner) {
-        if inner.inflight.is_empty() {
+        self.link().wait_trip(inner);
+        self.finish_trip(inner);
+    }
+
+    /// The second half of [`Balloon::settle`], once the host used the round trip.
+    fn finish_trip(&self, inner: &mut Inner) {
+        if inner.trip.is_empty() {
             return;
         }
-        self.link().wait_inflight(inner);
-        let told = inner.inflight_told;
-        // The pages the host was told of enter the balloon; the others go back to the guest.
-        let mut pages = inner.inflight.drain_all();
-        let n = self
-            .pages
-            .enqueue_all(pages.by_ref().take(told / PAGES_PER_PAGE as usize));
-        drop(pages);
-        inner.num_pages += n as u32 * PAGES_PER_PAGE;
-        inner.inflight_told = 0;
-        // Once per round trip, as soon as the pages are in: a host that compares `actual`
+        let told = inner.trip_told / PAGES_PER_PAGE as usize;
+        let mut pages = inner.trip.drain_all();
+        match inner.trip_dir {
+            Dir::Inflate => {
+                let n = self.pages.enqueue_all(pages.by_ref().take(told));
+                drop(pages);
+                inner.num_pages += n as u32 * PAGES_PER_PAGE;
+            }
+            Dir::Deflate => {
+                // Told of and used: back to the guest (MUST_TELL_HOST).
+                pages.by_ref().take(told).for_each(drop);
+                self.pages.enqueue_all(pages);
+                inner.num_pages -= (told as u32) * PAGES_PER_PAGE;
+            }
+        }
+        inner.trip_told = 0;
+        // Once per round trip, as soon as the pages moved: a host that compares `actual`
         // with its target must not take a stale value for the end of a change.
         if told > 0 {
             self.tell_actual(inner.num_pages);
         }
     }
 
-    /// Deflates by up to `num` 4 KiB pages (at most one round trip); returns how many.
+    /// Deflates by up to `num` 4 KiB pages (one round trip); returns how many frames the host
+    /// was told of. The pages go back to the guest when the round trip settles: at the next
+    /// one, or at the end of the size work (see [`Balloon::leak_now`]).
     pub(super) fn leak(&self, num: u64) -> u32 {
-        let link = self.link();
-        let mut inner = link.balloon_lock.lock();
+        let mut inner = self.link().balloon_lock.lock();
         let inner = &mut *inner;
-        self.settle(inner);
-        // No message buffer: a send was cut off by the device going away; nothing can be told.
-        if inner.pfns[0].is_none() {
+        // No message buffer and none in flight: a send was cut off by the device going away;
+        // nothing can be told.
+        if inner.pfns[0].is_none() && inner.trip_out == 0 {
             return 0;
         }
-        let num = min(min(num, BATCH_PFNS as u64), u64::from(inner.num_pages)) as u32;
-        let mut n = 0;
-        let (pfns, moving) = (&mut inner.pfns, &mut inner.moving);
+        // Pages in the balloon list: not those of the round trip in flight.
+        let listed = match inner.trip_dir {
+            Dir::Inflate => inner.num_pages,
+            Dir::Deflate => inner.num_pages - inner.trip_told as u32,
+        };
+        let num = min(min(num, BATCH_PFNS as u64), u64::from(listed)) as u32;
+        // Taken out while the host still works on the previous round trip: nobody else
+        // can deflate them, and they go back to the guest only after the host was told.
+        let moving = &mut inner.moving;
         self.pages
             .dequeue_many(num.div_ceil(PAGES_PER_PAGE) as usize, |page| {
-                // Stops growing at a missing buffer (lost with a deleted queue): the pages
-                // after it are not told, and go back into the balloon below.
-                n = link.put_pfns(pfns, n, page.pfn());
                 // Capacity for a whole round trip was reserved at probe: this cannot fail.
                 let _ = moving.push(page, GFP_NOWAIT);
             });
-        // Tell the host before the pages go back to the guest's allocator (MUST_TELL_HOST).
-        // Those it was not told of stay in the balloon: the host still has them.
-        let told = whole_pages(link.send(&link.deflate_vq, &mut inner.pfns, n));
-        let mut pages = inner.moving.drain_all();
-        // The pages told of go back to the guest, the others back into the balloon.
-        pages
-            .by_ref()
-            .take(told / PAGES_PER_PAGE as usize)
-            .for_each(drop);
-        self.pages.enqueue_all(pages);
-        inner.num_pages -= told as u32;
-        if told > 0 {
-            self.tell_actual(inner.num_pages);
+        if inner.moving.is_empty() {
+            return 0;
         }
-        told as u32
+        let mut moving = core::mem::take(&mut inner.moving);
+        let told = self.turn(inner, Dir::Deflate, &mut moving);
+        // Keeps its capacity for the next round trip.
+        inner.moving = moving;
+        told
+    }
+
+    /// Deflates by up to `num` 4 KiB pages and waits until they are back in the guest;
+    /// returns how many.
+    pub(super) fn leak_now(&self, num: u64) -> u32 {
+        let told = self.leak(num);
+        self.settle(&mut self.link().balloon_lock.lock());
+        told
     }
 
     /// Deflates the whole balloon (unbind), telling the host about every page.
@@ -565,7 +620,7 @@ impl Balloon {
             if left == 0 {
                 return;
             }
-            if self.leak(u64::from(left)) != 0 {
+            if self.leak_now(u64::from(left)) != 0 {
                 idle = 0;
                 continue;
             }
