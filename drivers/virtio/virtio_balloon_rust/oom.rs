@@ -140,7 +140,7 @@ impl Balloon {
 
 impl oom::OomNotify for Balloon {
     /// Process context with `oom_lock` held: `leak_now` sleeps on `balloon_lock` and the
-    /// host's answer, allocates nothing, and writes `actual` once the pages are back.
+    /// host's answer, allocates nothing, and writes `actual` if pages went back.
     fn out_of_memory(&self) -> usize {
         let freed = self.leak_now(OOM_NR_PAGES);
         if freed > 0 {

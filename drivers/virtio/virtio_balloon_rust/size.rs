@@ -12,6 +12,7 @@ use core::{
     sync::atomic::{AtomicBool, AtomicU32, Ordering},
 };
 use kernel::{
+    alloc::kvec::PushError,
     balloon::{self, BalloonPage},
     bindings, device, new_mutex,
     prelude::*,
@@ -27,8 +28,9 @@ const ARRAY_PFNS_MAX: usize = 256;
 /// Messages sent with one notification, and waited for together: one round trip to the
 /// host moves up to `BATCH` MiB. A round trip (notification, interrupt, wakeup, and under
 /// TCG the exit to QEMU) costs about as much as the host's work on a whole message, so
-/// batching is what makes the balloon faster. The OOM notifier and page migration wait
-/// behind at most one round trip.
+/// batching is what makes the balloon faster. Page migration waits behind at most the one
+/// round trip in flight; the OOM notifier behind that one and its own (an inflate about to
+/// be queued gives way to it).
 const BATCH: usize = 8;
 /// Page frame numbers in one round trip.
 const BATCH_PFNS: usize = BATCH * ARRAY_PFNS_MAX;
@@ -49,8 +51,8 @@ const RESERVE_MIN: u64 = 64 << 20;
 const RESERVE_MAX: u64 = 1 << 30;
 
 /// The message buffers of one round trip. A slot is `None` while its buffer is on a queue:
-/// inside [`HostLink::send`], or for an inflate round trip in flight until it is waited
-/// for; waiting puts it back unless the device went away.
+/// inside [`HostLink::send`], or for the round trip in flight until it is waited for;
+/// waiting puts it back unless the device went away.
 type Pool = [Option<KBox<PfnBuf>>; BATCH];
 
 /// Which way a round trip moves pages.
@@ -290,6 +292,8 @@ pub(super) struct Sizing {
     reread: AtomicBool,
     /// The host's target (`num_pages`) as last read.
     target: AtomicU32,
+    /// OOM notifiers waiting for `balloon_lock`: the size work queues no inflate meanwhile.
+    oom_waiting: AtomicU32,
 }
 
 impl Sizing {
@@ -300,6 +304,7 @@ impl Sizing {
             puff <- new_mutex!(RateLimit::new()),
             reread: AtomicBool::new(true),
             target: AtomicU32::new(0),
+            oom_waiting: AtomicU32::new(0),
         }))
     }
 
@@ -395,8 +400,8 @@ impl Balloon {
         let mut diff = this.towards_target(true);
         let mut retry = None;
         let mut moved = 0u64;
-        // One round trip at a time, reading the target again after each: a reversal takes
-        // effect within one round trip.
+        // One round trip at a time, checking the target after each (it is read again after a
+        // config change notification): a reversal takes effect within one round trip.
         while diff != 0 && retry.is_none() && moved < WORK_PAGES {
             let got = if diff > 0 {
                 match this.inflate_allowed(diff.unsigned_abs()) {
@@ -423,7 +428,7 @@ impl Balloon {
             moved += u64::from(got);
             diff = this.towards_target(false);
         }
-        this.settle(&mut this.link().balloon_lock.lock());
+        let _ = this.settle(&mut this.link().balloon_lock.lock());
         this.update_balloon_size();
         match retry {
             Some(wait) => Self::retry_size_work(this, wait),
@@ -500,8 +505,15 @@ impl Balloon {
         let link = self.link();
         // The buffers of the previous round trip carry this one.
         link.wait_trip(inner);
+        if dir == Dir::Inflate && self.size.oom_waiting.load(Ordering::Acquire) > 0 {
+            // The OOM notifier is next: it must not wait behind this round trip too.
+            self.finish_trip(inner);
+            pages.clear();
+            return 0;
+        }
         let mut n = 0;
-        for page in pages.iter() {
+        // No more than `trip` holds once emptied: the pages told of all go there.
+        for page in pages.iter().take(inner.trip.capacity()) {
             n = link.put_pfns(&mut inner.pfns, n, page.pfn());
         }
         let vq = match dir {
@@ -514,8 +526,8 @@ impl Balloon {
         self.finish_trip(inner);
         let mut pages = pages.drain_all();
         for page in pages.by_ref().take(told / PAGES_PER_PAGE as usize) {
-            // Both vectors have room for one round trip: this cannot fail.
-            let _ = inner.trip.push(page, GFP_NOWAIT);
+            // Cannot fail: `trip` was emptied above, and no more pages were told than it holds.
+            let _ = inner.trip.push_within_capacity(page);
         }
         match dir {
             Dir::Inflate => drop(pages),
@@ -532,49 +544,66 @@ impl Balloon {
     /// Waits for the round trip in flight and moves its pages: in an inflate, into the
     /// balloon; in a deflate, back to the guest. If the device went away first (it forgets
     /// them on reset), inflated pages go back to the guest and deflated ones stay in the
-    /// balloon, to be freed after the reset. Deflate settles before each round trip, and
-    /// the OOM notifier after its own, so no page goes back to the guest before the host
-    /// acknowledged it (MUST_TELL_HOST), nor is deflated before its inflate was; and none of
-    /// them waits behind more than one round trip.
-    fn settle(&self, inner: &mut Inner) {
+    /// balloon, to be freed after the reset. So no page goes back to the guest before the
+    /// host used the message that told it (MUST_TELL_HOST), and none enters the balloon (where
+    /// a deflate could take it) before the host used its inflate. Returns how many 4 KiB
+    /// frames went back to the guest.
+    fn settle(&self, inner: &mut Inner) -> u32 {
         self.link().wait_trip(inner);
-        self.finish_trip(inner);
+        self.finish_trip(inner)
     }
 
-    /// The second half of [`Balloon::settle`], once the host used the round trip.
-    fn finish_trip(&self, inner: &mut Inner) {
+    /// The second half of [`Balloon::settle`], once the host used the round trip; returns
+    /// how many 4 KiB frames went back to the guest.
+    fn finish_trip(&self, inner: &mut Inner) -> u32 {
         if inner.trip.is_empty() {
-            return;
+            return 0;
         }
         let told = inner.trip_told / PAGES_PER_PAGE as usize;
         let mut pages = inner.trip.drain_all();
-        match inner.trip_dir {
+        let released = match inner.trip_dir {
             Dir::Inflate => {
                 let n = self.pages.enqueue_all(pages.by_ref().take(told));
                 drop(pages);
                 inner.num_pages += n as u32 * PAGES_PER_PAGE;
+                0
             }
             Dir::Deflate => {
                 // Told of and used: back to the guest (MUST_TELL_HOST).
                 pages.by_ref().take(told).for_each(drop);
                 self.pages.enqueue_all(pages);
                 inner.num_pages -= (told as u32) * PAGES_PER_PAGE;
+                told as u32 * PAGES_PER_PAGE
             }
-        }
+        };
         inner.trip_told = 0;
         // Once per round trip, as soon as the pages moved: a host that compares `actual`
         // with its target must not take a stale value for the end of a change.
         if told > 0 {
             self.tell_actual(inner.num_pages);
         }
+        released
     }
 
     /// Deflates by up to `num` 4 KiB pages (one round trip); returns how many frames the host
     /// was told of. The pages go back to the guest when the round trip settles: at the next
     /// one, or at the end of the size work (see [`Balloon::leak_now`]).
     pub(super) fn leak(&self, num: u64) -> u32 {
+        self.leak_locked(&mut self.link().balloon_lock.lock(), num)
+    }
+
+    /// Deflates by up to `num` 4 KiB pages and waits until they are back in the guest; returns
+    /// how many went back. Holds `balloon_lock` throughout, and no inflate is queued while it
+    /// waits for the lock, so it waits behind at most the round trip in flight and its own.
+    pub(super) fn leak_now(&self, num: u64) -> u32 {
+        self.size.oom_waiting.fetch_add(1, Ordering::AcqRel);
         let mut inner = self.link().balloon_lock.lock();
-        let inner = &mut *inner;
+        self.size.oom_waiting.fetch_sub(1, Ordering::AcqRel);
+        self.leak_locked(&mut inner, num);
+        self.settle(&mut inner)
+    }
+
+    fn leak_locked(&self, inner: &mut Inner, num: u64) -> u32 {
         // No message buffer and none in flight: a send was cut off by the device going away;
         // nothing can be told.
         if inner.pfns[0].is_none() && inner.trip_out == 0 {
@@ -588,12 +617,13 @@ impl Balloon {
         let num = min(min(num, BATCH_PFNS as u64), u64::from(listed)) as u32;
         // Taken out while the host still works on the previous round trip: nobody else
         // can deflate them, and they go back to the guest only after the host was told.
-        let moving = &mut inner.moving;
-        self.pages
-            .dequeue_many(num.div_ceil(PAGES_PER_PAGE) as usize, |page| {
-                // Capacity for a whole round trip was reserved at probe: this cannot fail.
-                let _ = moving.push(page, GFP_NOWAIT);
-            });
+        let (pages, moving) = (&self.pages, &mut inner.moving);
+        pages.dequeue_many(num.div_ceil(PAGES_PER_PAGE) as usize, |page| {
+            // `moving` has room for a round trip: this cannot fail, but would lose no page.
+            if let Err(PushError(page)) = moving.push_within_capacity(page) {
+                pages.enqueue(page);
+            }
+        });
         if inner.moving.is_empty() {
             return 0;
         }
@@ -601,14 +631,6 @@ impl Balloon {
         let told = self.turn(inner, Dir::Deflate, &mut moving);
         // Keeps its capacity for the next round trip.
         inner.moving = moving;
-        told
-    }
-
-    /// Deflates by up to `num` 4 KiB pages and waits until they are back in the guest;
-    /// returns how many.
-    pub(super) fn leak_now(&self, num: u64) -> u32 {
-        let told = self.leak(num);
-        self.settle(&mut self.link().balloon_lock.lock());
         told
     }
 

@@ -546,6 +546,9 @@ impl virtio::Driver for BalloonDriver {
         if b.towards_target(true) != 0 {
             this.changed();
         }
+        // The size work may have cached a target that changed before the read above: it
+        // reads afresh next time.
+        b.size.config_changed();
         Ok(())
     }
 
