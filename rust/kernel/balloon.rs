@@ -90,9 +90,8 @@ impl BalloonPage {
                         // owned by us; afterwards each of its pages has a reference of its own.
                         unsafe { bindings::split_page(first.as_ptr(), BULK_ORDER) };
                         for i in 0..BULK_PAGES {
-                            // SAFETY: The `struct page`s of one buddy block are contiguous (as
-                            // `split_page` itself assumes), so `first + i` is the block's page
-                            // `i`, and non-null; its reference is ours to hand out.
+                            // SAFETY: A buddy block's `struct page`s are contiguous (`split_page`
+                            // relies on it): `first + i` is its page `i`, non-null and ours.
                             let page = unsafe { NonNull::new_unchecked(first.as_ptr().add(i)) };
                             f(BalloonPage(page));
                         }
