@@ -28,10 +28,11 @@ const ARRAY_PFNS_MAX: usize = 256;
 /// Messages sent with one notification, and waited for together: one round trip to the
 /// host moves up to `BATCH` MiB. A round trip (notification, interrupt, wakeup, and under
 /// TCG the exit to QEMU) costs about as much as the host's work on a whole message, so
-/// batching is what makes the balloon faster. Page migration waits behind at most the one
-/// round trip in flight; the OOM notifier behind that one and its own (an inflate about to
-/// be queued gives way to it).
-const BATCH: usize = 8;
+/// batching is what makes the balloon faster. It also sets how long the device model works
+/// on the balloon in one go, which other guest processes feel when the host is short of
+/// CPUs; `make bench` measured 1, 2, 4 and 8 (Documentation/virtio-balloon-rust/driver.rst).
+/// Page migration and the OOM notifier wait behind at most the one round trip in flight.
+const BATCH: usize = 4;
 /// Page frame numbers in one round trip.
 const BATCH_PFNS: usize = BATCH * ARRAY_PFNS_MAX;
 /// 4 KiB pages one run of the size work moves at most before it writes `actual` and
@@ -239,13 +240,18 @@ impl HostLink {
         }
     }
 
+    /// The queue that carries round trips in direction `dir`.
+    fn vq(&self, dir: Dir) -> &Virtqueue<PfnBuf> {
+        match dir {
+            Dir::Inflate => &self.inflate_vq,
+            Dir::Deflate => &self.deflate_vq,
+        }
+    }
+
     /// Waits until the host used every message of the round trip in flight, if any. Its
     /// pages stay in `trip` until the size work (or the OOM notifier) settles it.
     fn wait_trip(&self, inner: &mut Inner) {
-        let vq = match inner.trip_dir {
-            Dir::Inflate => &self.inflate_vq,
-            Dir::Deflate => &self.deflate_vq,
-        };
+        let vq = self.vq(inner.trip_dir);
         if inner.trip_out > 0 && !self.wait_used(vq, &mut inner.pfns, inner.trip_out) {
             inner.trip_told = 0;
         }
@@ -516,11 +522,7 @@ impl Balloon {
         for page in pages.iter().take(inner.trip.capacity()) {
             n = link.put_pfns(&mut inner.pfns, n, page.pfn());
         }
-        let vq = match dir {
-            Dir::Inflate => &link.inflate_vq,
-            Dir::Deflate => &link.deflate_vq,
-        };
-        let (told, out) = link.submit(vq, &mut inner.pfns, n);
+        let (told, out) = link.submit(link.vq(dir), &mut inner.pfns, n);
         let told = whole_pages(told);
         // The previous round trip's pages move while the host works on this one.
         self.finish_trip(inner);
