@@ -6,6 +6,7 @@
 #   make run     boot a guest with our driver and show the balloon working
 #   make check   build everything and run the whole test suite
 #   make bench   time both drivers on a release (non-debug) kernel
+#   make soak    1000 random balloon targets under memory stress, both drivers
 #
 # Build outputs live in $(CACHE), outside the checkout, so a fresh clone on
 # the same machine rebuilds only what changed. `make help` lists the knobs.
@@ -17,9 +18,10 @@ JOBS    ?= $(shell nproc)
 ACCEL   ?= tcg
 MEM     ?= 1024
 DRIVERS ?= virtio_balloon virtio_balloon_rust
-DEVICES ?= plain deflate-on-oom reporting hint hint-reporting poison poison-unsupported zero-on-free zero-on-free-unsupported
+DEVICES ?= plain deflate-on-oom reporting hint hint-reporting soak poison poison-unsupported zero-on-free zero-on-free-unsupported
 DRIVER  ?= virtio_balloon_rust
 ROUNDS  ?= 5
+SOAK    ?= 1000
 
 TREE    := $(CACHE)/tree
 BUILD   := $(CACHE)/build/debug
@@ -37,7 +39,7 @@ VMARGS  := --kernel $(BUILD)/arch/x86/boot/bzImage --initrd $(INITRD) \
 CARGO   := CARGO_TARGET_DIR=$(CACHE)/cargo cargo
 
 .NOTPARALLEL:
-.PHONY: all setup tree kernel selftests initramfs harness harness-test check run bench release-kernel clean help
+.PHONY: all setup tree kernel selftests initramfs harness harness-test check run bench soak release-kernel clean help
 
 all: initramfs harness
 
@@ -69,6 +71,11 @@ harness-test: setup
 check: all harness-test
 	@$(HARNESS) check $(VMARGS) $(addprefix --driver ,$(DRIVERS)) $(addprefix --device ,$(DEVICES))
 
+# The long soak: make check runs the same test with 40 target changes.
+soak: all
+	@$(HARNESS) check $(VMARGS) --test-timeout 7200 $(addprefix --driver ,$(DRIVERS)) \
+		--device soak,guest=vb.soak=$(SOAK)
+
 run: all
 	@$(HARNESS) demo $(VMARGS) --driver $(DRIVER) --fallback virtio_balloon
 
@@ -97,8 +104,8 @@ clean:
 	rm -rf $(BUILD) $(RELEASE) $(KSFT) $(INITRD) $(RELEASE_INITRD) $(LOGS) $(CACHE)/cargo
 
 help:
-	@echo "make run | check | bench | all | kernel | harness | clean"
+	@echo "make run | check | bench | soak | all | kernel | harness | clean"
 	@echo "  KDIR=$(KDIR)  (empty: Debian's linux-source-7.3, unpacked in CACHE)"
 	@echo "  CACHE=$(CACHE)"
 	@echo "  LLVM=$(LLVM) JOBS=$(JOBS) ACCEL=$(ACCEL) MEM=$(MEM)"
-	@echo "  DRIVERS=$(DRIVERS)  DEVICES=$(DEVICES)  DRIVER=$(DRIVER) (run)  ROUNDS=$(ROUNDS) (bench)"
+	@echo "  DRIVERS=$(DRIVERS)  DEVICES=$(DEVICES)  DRIVER=$(DRIVER) (run)  ROUNDS=$(ROUNDS) (bench)  SOAK=$(SOAK) (soak)"

@@ -131,7 +131,7 @@ impl Balloon {
         }
         let room = self.room();
         if room < u64::from(PAGES_PER_PAGE) {
-            self.out_of_puff(want);
+            self.out_of_puff(want, true);
             return Err(self.pressure.floor_backoff());
         }
         Ok(room)

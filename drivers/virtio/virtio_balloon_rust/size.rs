@@ -443,13 +443,21 @@ impl Balloon {
         }
     }
 
-    pub(super) fn out_of_puff(&self, n: u64) {
+    /// Says (rate-limited) that the balloon could not grow by `n` 4 KiB pages: the reserve
+    /// is reached (`floor`), or the page allocator had nothing to give without reclaim.
+    pub(super) fn out_of_puff(&self, n: u64, floor: bool) {
         if let Some(suppressed) = self.size.puff.lock().allow(MESSAGE_INTERVAL) {
+            let why = if floor {
+                "without starving the guest"
+            } else {
+                "from the page allocator"
+            };
             dev_info!(
                 self.dev(),
-                "Out of puff! Can't get {} pages without starving the guest \
-                 (MemAvailable {} MiB; {} messages suppressed)\n",
+                "Out of puff! Can't get {} pages {} (MemAvailable {} MiB; {} messages \
+                 suppressed)\n",
                 n,
+                why,
                 vmstat::mem_available() >> 20,
                 suppressed
             );
@@ -490,7 +498,10 @@ impl Balloon {
             let _ = new_pages.push(page, GFP_NOWAIT);
         });
         if new_pages.len() < want {
-            self.out_of_puff(((want - new_pages.len()) as u64) * u64::from(PAGES_PER_PAGE));
+            self.out_of_puff(
+                ((want - new_pages.len()) as u64) * u64::from(PAGES_PER_PAGE),
+                false,
+            );
         }
         if new_pages.is_empty() {
             return 0;

@@ -28,7 +28,7 @@ options:
                       (default: virtio_balloon)
   --device OPTS       a configuration: an optional preset name (plain,
                       deflate-on-oom, reporting, hint, hint-reporting, poison,
-                      poison-unsupported, zero-on-free,
+                      poison-unsupported, soak, zero-on-free,
                       zero-on-free-unsupported) and options: deflate-on-oom,
                       free-page-reporting, free-page-hint, stats=N,
                       page-poison=on|off, guest=KERNEL_ARG (repeatable),

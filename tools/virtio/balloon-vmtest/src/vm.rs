@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 pub const PRESETS: &[(&str, &str)] = &[
     (
         "plain",
-        "tests=balloon+polling+features+oom.kills_without_deflate_on_oom+compaction+lifecycle",
+        "tests=balloon+polling+features+oom.kills_without_deflate_on_oom+compaction+lifecycle+faults",
     ),
     (
         "deflate-on-oom",
@@ -52,6 +52,12 @@ pub const PRESETS: &[(&str, &str)] = &[
     (
         "zero-on-free",
         "free-page-reporting,guest=init_on_free=1,kmemleak=off,tests=features+poison",
+    ),
+    // Every feature at once, under random targets and a memory stressor; `make soak`
+    // runs it with 1000 target changes (guest=vb.soak=1000).
+    (
+        "soak",
+        "deflate-on-oom,free-page-hint,free-page-reporting,stats=2,tests=soak",
     ),
     // One CPU: under TCG a two-CPU guest takes 3 s to minutes to resume from S3 (timer
     // and RCU softirqs, ACPI link methods after the CPU comes back); one CPU takes 3 s.

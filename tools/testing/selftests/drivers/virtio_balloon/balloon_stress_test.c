@@ -1,0 +1,434 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * virtio balloon: reliability under faults and churn.
+ *
+ * faults: allocation failures injected with the kernel's own framework
+ * (fail_page_alloc and failslab), limited by the stack-trace filter to
+ * allocations made with the driver module on the stack, so that nothing
+ * else in the guest fails. One exception, for both drivers: the IRQ core's
+ * register_irq_proc() ignores a failure to create /proc/irq/N, and freeing
+ * the interrupt later warns that the entry is missing (fs/proc/generic.c),
+ * so its allocations are left alone (the filter's reject range).
+ *   - during an inflate, at random: the driver backs off, says so (rate
+ *     limited), and in the end host and guest agree on every page;
+ *   - during probe, the n-th allocation for every n until a bind goes
+ *     through without one (/proc/self/fail-nth): each failed bind unwinds,
+ *     and the driver binds and works afterwards. The boot's kmemleak scan
+ *     then shows that nothing leaked.
+ *
+ * soak: random targets (4 MiB to most of the guest) while a stressor
+ * allocates, touches and frees memory of varying sizes, with whatever the
+ * device offers (deflate-on-oom, free page hinting with migrations to a file
+ * on the host, free page reporting). At checkpoints the stressor pauses, the
+ * balloon reaches a target, and guest and host agree exactly; at the end the
+ * balloon is empty, MemTotal and free memory are back, and nothing was
+ * OOM-killed. vb.soak=N on the guest command line sets the number of target
+ * changes (make check: 40; make soak: 1000).
+ */
+#include <signal.h>
+#include <sys/mman.h>
+
+#include "kselftest_harness.h"
+#include "balloon_host.h"
+
+#define DBGFS		"/sys/kernel/debug/"
+#define FAULT_TIMES	100000
+/* Enough to try every allocation of a probe, and to stop a runaway loop. */
+#define PROBE_FAULTS_MAX 400
+#define INFLATE		(256 * MIB)
+#define PROBE_INFLATE	(64 * MIB)
+/* Free memory after the balloon empties: per-CPU lists and the kernel's own use move it. */
+#define FREE_SLACK	(32 * MIB)
+#define SOAK_DEFAULT	40
+#define SOAK_CHECK_EVERY 10
+#define SOAK_MIN	(4 * MIB)
+/* Largest stressor allocation, and the most of the guest a target may take. */
+#define STRESS_MAX	(96 * MIB)
+#define SOAK_MAX_PERMILLE 700
+#define MIGRATE_BW	(1024 * MIB)
+
+static const char *const fault_kinds[] = { "fail_page_alloc", "failslab" };
+
+static int fault_attr(const char *kind, const char *attr, const char *fmt, ...)
+{
+	char path[PATH_MAX], val[64];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(val, sizeof(val), fmt, ap);
+	va_end(ap);
+	snprintf(path, sizeof(path), DBGFS "%s/%s", kind, attr);
+	return sysfs_write(path, val);
+}
+
+/*
+ * The driver module's memory, [*start, *end): /proc/modules gives the base of
+ * its text and the size of all its sections, which follow it.
+ */
+static int module_range(unsigned long long *start, unsigned long long *end)
+{
+	char line[512], name[128];
+	unsigned long long size, base;
+	FILE *f = fopen("/proc/modules", "r");
+	int found = 0;
+
+	if (!f)
+		return -1;
+	while (!found && fgets(line, sizeof(line), f))
+		found = sscanf(line, "%127s %llu %*s %*s %*s %llx", name, &size, &base) == 3 &&
+			!strcmp(name, driver_name()) && base;
+	fclose(f);
+	if (!found)
+		return -1;
+	*start = base;
+	*end = base + size;
+	return 0;
+}
+
+/* [*start, *end) of the kernel function @name, from /proc/kallsyms. */
+static int symbol_range(const char *name, unsigned long long *start, unsigned long long *end)
+{
+	char line[512], sym[256], type;
+	unsigned long long addr;
+	FILE *f = fopen("/proc/kallsyms", "r");
+
+	if (!f)
+		return -1;
+	*start = 0;
+	*end = ~0ULL;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%llx %c %255s", &addr, &type, sym) == 3 && !strcmp(sym, name))
+			*start = addr;
+	rewind(f);
+	/* The next symbol up ends it. */
+	while (*start && fgets(line, sizeof(line), f))
+		if (sscanf(line, "%llx %c %255s", &addr, &type, sym) == 3 && addr > *start &&
+		    addr < *end)
+			*end = addr;
+	fclose(f);
+	return *start && *end != ~0ULL ? 0 : -1;
+}
+
+/*
+ * Arms both kinds of fault for allocations with [start, end) on the stack:
+ * with @probability percent each, at most @times in all (0 with probability
+ * 0: only through /proc/self/fail-nth).
+ */
+static int faults_arm(unsigned long long start, unsigned long long end, int probability,
+		      long long times)
+{
+	unsigned long long irq_proc, irq_proc_end;
+	int err = symbol_range("register_irq_proc", &irq_proc, &irq_proc_end);
+
+	for (size_t i = 0; i < ARRAY_SIZE(fault_kinds); i++) {
+		const char *k = fault_kinds[i];
+
+		err |= fault_attr(k, "probability", "0");
+		err |= fault_attr(k, "verbose", "1");
+		err |= fault_attr(k, "task-filter", "N");
+		err |= fault_attr(k, "interval", "1");
+		err |= fault_attr(k, "space", "0");
+		err |= fault_attr(k, "ignore-gfp-wait", "N");
+		err |= fault_attr(k, "stacktrace-depth", "32");
+		err |= fault_attr(k, "reject-start", "%llu", irq_proc);
+		err |= fault_attr(k, "reject-end", "%llu", irq_proc_end);
+		err |= fault_attr(k, "require-start", "%llu", start);
+		err |= fault_attr(k, "require-end", "%llu", end);
+		err |= fault_attr(k, "times", "%lld", times);
+		err |= fault_attr(k, "probability", "%d", probability);
+	}
+	/* Balloon pages are highmem-capable movable pages, of any order. */
+	err |= fault_attr("fail_page_alloc", "ignore-gfp-highmem", "N");
+	err |= fault_attr("fail_page_alloc", "min-order", "0");
+	return err;
+}
+
+/* Faults injected since faults_arm(..., FAULT_TIMES). */
+static long long faults_injected(void)
+{
+	long long n = 0;
+
+	for (size_t i = 0; i < ARRAY_SIZE(fault_kinds); i++) {
+		char path[PATH_MAX];
+
+		snprintf(path, sizeof(path), DBGFS "%s/times", fault_kinds[i]);
+		n += FAULT_TIMES - read_num(path);
+	}
+	return n;
+}
+
+static void faults_off(void)
+{
+	sysfs_write("/proc/self/fail-nth", "0");
+	for (size_t i = 0; i < ARRAY_SIZE(fault_kinds); i++) {
+		fault_attr(fault_kinds[i], "probability", "0");
+		fault_attr(fault_kinds[i], "require-start", "0");
+		fault_attr(fault_kinds[i], "require-end", "%llu", ~0ULL);
+		fault_attr(fault_kinds[i], "reject-start", "0");
+		fault_attr(fault_kinds[i], "reject-end", "0");
+	}
+}
+
+/* Kernel log lines containing @what. */
+static int klog_count(const char *what)
+{
+	char line[1024];
+	FILE *f = popen("dmesg", "r");
+	int n = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		n += !!strstr(line, what);
+	pclose(f);
+	return n;
+}
+
+static void stress_teardown(struct balloon_ctx *c)
+{
+	faults_off();
+	if (c->host < 0)
+		return;
+	if (c->migrating)
+		host_req(c->host, c->why, sizeof(c->why), "migrate-wait %lld", MIGRATE_BW);
+	host_num(c->host, c->why, sizeof(c->why), "target %lld", c->ram);
+	if (c->unbound)
+		bind_driver(c, 1);
+	close(c->host);
+}
+
+FIXTURE(faults) { struct balloon_ctx c; };
+FIXTURE_SETUP(faults) { balloon_ctx_setup(_metadata, &self->c); }
+FIXTURE_TEARDOWN(faults) { stress_teardown(&self->c); }
+
+FIXTURE(soak) { struct balloon_ctx c; };
+FIXTURE_SETUP(soak) { balloon_ctx_setup(_metadata, &self->c); }
+FIXTURE_TEARDOWN(soak) { stress_teardown(&self->c); }
+
+/*
+ * A third of the driver's allocations fail while the balloon inflates by
+ * 256 MiB. The driver must say so, in a few lines, not one per failure; and
+ * once faults stop, the balloon must reach its target with host and guest
+ * agreeing on every page, and give all of them back.
+ */
+TEST_F_TIMEOUT(faults, inflate_loses_no_page, 300)
+{
+	struct balloon_ctx *c = &self->c;
+	unsigned long long start, end;
+	long long total0, free0, injected, free1;
+	int said0, said;
+
+	ASSERT_EQ(0, module_range(&start, &end)) TH_LOG("%s not in /proc/modules", driver_name());
+	refresh_counters();
+	total0 = proc_meminfo("MemTotal");
+	free0 = free_bytes();
+	said0 = klog_count("Out of puff");
+
+	ASSERT_EQ(0, faults_arm(start, end, 33, FAULT_TIMES)) TH_LOG("cannot set up fault injection");
+	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "set %lld", c->ram - INFLATE)) {
+		TH_LOG("host 'set': %s", c->why);
+	}
+	sleep(3);
+	injected = faults_injected();
+	faults_off();
+	said = klog_count("Out of puff") - said0;
+	TH_LOG("%s: %lld allocations failed, \"Out of puff\" said %d times, balloon at %lld MiB",
+	       driver_name(), injected, said, proc_meminfo("Balloon") / MIB);
+	EXPECT_LT(0, injected);
+	EXPECT_LE(1, said);
+	/* C: dev_info_ratelimited() (10 in 5 s); Rust: one every 10 s, with a count. */
+	EXPECT_GE(20, said);
+
+	if (balloon_to(_metadata, c, INFLATE))
+		return;
+	expect_balloon(_metadata, c, INFLATE, total0);
+	if (balloon_to(_metadata, c, 0))
+		return;
+	expect_balloon(_metadata, c, 0, total0);
+	free1 = free_bytes();
+	EXPECT_GE(free1, free0 - FREE_SLACK) {
+		TH_LOG("free memory %lld MiB before, %lld MiB after", free0 / MIB, free1 / MIB);
+	}
+}
+
+/*
+ * Fails the first, second, ... allocation the driver makes in probe, one per
+ * bind, until a bind makes no allocation that fails. Every bind either fails
+ * and leaves the device unbound, or succeeds (a failure the driver can do
+ * without); then, with no faults, the driver binds and moves the balloon.
+ */
+TEST_F_TIMEOUT(faults, probe_unwinds, 600)
+{
+	struct balloon_ctx *c = &self->c;
+	char bind[PATH_MAX], left[32], drv[128];
+	unsigned long long start, end;
+	const char *name;
+	long long total0;
+	int n, failed = 0, bound = 0;
+
+	ASSERT_EQ(0, module_range(&start, &end)) TH_LOG("%s not in /proc/modules", driver_name());
+	ASSERT_EQ(0, bind_driver(c, 0));
+	total0 = proc_meminfo("MemTotal");
+	name = strrchr(c->dev, '/') + 1;
+	snprintf(bind, sizeof(bind), "/sys/bus/virtio/drivers/%s/bind", driver_name());
+	ASSERT_EQ(0, faults_arm(start, end, 0, 0));
+
+	for (n = 1; n <= PROBE_FAULTS_MAX; n++) {
+		char nth[16];
+		int fd = open(bind, O_WRONLY), err = 0;
+
+		ASSERT_LE(0, fd);
+		/* Counts allocations of this task only, from here on: the write below. */
+		snprintf(nth, sizeof(nth), "%d", n);
+		ASSERT_EQ(0, sysfs_write("/proc/self/fail-nth", nth));
+		if (write(fd, name, strlen(name)) < 0)
+			err = errno;
+		ASSERT_EQ(0, read_line("/proc/self/fail-nth", left, sizeof(left)));
+		sysfs_write("/proc/self/fail-nth", "0");
+		close(fd);
+		bound_driver(c->dev, drv, sizeof(drv));
+		if (atoi(left) > 0) {
+			/* Fewer than n allocations: the bind went through untouched. */
+			EXPECT_EQ(0, err) TH_LOG("bind with no fault: %s", strerror(err));
+			EXPECT_STREQ(driver_name(), drv);
+			break;
+		}
+		if (drv[0]) {
+			bound++;
+			ASSERT_EQ(0, bind_driver(c, 0));
+		} else {
+			EXPECT_NE(0, err) TH_LOG("allocation %d failed: no driver, yet bind said 0", n);
+			failed++;
+		}
+	}
+	faults_off();
+	TH_LOG("%s: probe makes %d allocations; failing one failed the bind %d times, %d binds went through",
+	       driver_name(), n - 1, failed, bound);
+	EXPECT_GE(PROBE_FAULTS_MAX, n) TH_LOG("probe never ran without a fault");
+	EXPECT_LT(0, failed);
+
+	bound_driver(c->dev, drv, sizeof(drv));
+	if (!drv[0])
+		ASSERT_EQ(0, bind_driver(c, 1));
+	c->unbound = 0;
+	if (balloon_to(_metadata, c, PROBE_INFLATE))
+		return;
+	expect_balloon(_metadata, c, PROBE_INFLATE, total0);
+	if (balloon_to(_metadata, c, 0))
+		return;
+	expect_balloon(_metadata, c, 0, total0);
+}
+
+/* Number after vb.soak= on the guest command line, or @def. */
+static int soak_iterations(int def)
+{
+	char line[4096], *p;
+
+	if (read_line("/proc/cmdline", line, sizeof(line)))
+		return def;
+	p = strstr(line, "vb.soak=");
+	return p ? atoi(p + strlen("vb.soak=")) : def;
+}
+
+/* Allocates, touches and frees anonymous memory of random sizes until killed. */
+static pid_t stressor_start(void)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		long page = getpagesize();
+
+		srandom(getpid());
+		for (;;) {
+			long long bytes = (random() % (STRESS_MAX / MIB) + 1) * MIB;
+			char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+			if (p == MAP_FAILED) {
+				usleep(10000);
+				continue;
+			}
+			for (long long off = 0; off < bytes; off += page)
+				p[off] = (char)off;
+			usleep(random() % 50000);
+			munmap(p, bytes);
+		}
+	}
+	return pid;
+}
+
+/*
+ * Random targets under a memory stressor, with every feature the device
+ * offers. At every checkpoint: the stressor stops, the balloon reaches a
+ * target the guest can give, and the guest's counters equal the host's
+ * actual. At the end the balloon is empty and the guest got all its memory
+ * back, and nothing was OOM-killed.
+ */
+TEST_F_TIMEOUT(soak, random_targets, 3600)
+{
+	struct balloon_ctx *c = &self->c;
+	long long total0, free0, oom0, most, started = now_ms(), checks = 0, migrations = 0;
+	int iterations = soak_iterations(SOAK_DEFAULT), st;
+	pid_t stress;
+
+	refresh_counters();
+	total0 = proc_meminfo("MemTotal");
+	free0 = free_bytes();
+	oom0 = proc_vmstat("oom_kill");
+	/* Without deflate-on-oom the guest cannot take memory back from the balloon. */
+	most = c->ram / 1000 * (c->deflate_on_oom ? SOAK_MAX_PERMILLE : SOAK_MAX_PERMILLE / 2);
+	srandom(12345);
+	stress = stressor_start();
+	ASSERT_LT(0, stress);
+
+	for (int i = 1; i <= iterations; i++) {
+		long long balloon = SOAK_MIN + random() % (most - SOAK_MIN);
+
+		balloon -= balloon % (4096);
+		ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "set %lld",
+				      c->ram - balloon)) TH_LOG("host 'set': %s", c->why);
+		usleep(random() % 300000);
+		if (c->hint && i % (2 * SOAK_CHECK_EVERY) == SOAK_CHECK_EVERY / 2) {
+			ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "migrate-start %lld",
+					      MIGRATE_BW)) TH_LOG("host 'migrate-start': %s", c->why);
+			c->migrating = 1;
+			migrations++;
+		}
+		if (i % SOAK_CHECK_EVERY && i != iterations)
+			continue;
+		/* Checkpoint: a target any guest can give, with the stressor stopped. */
+		kill(stress, SIGSTOP);
+		if (c->migrating) {
+			EXPECT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "migrate-wait 0")) {
+				TH_LOG("host 'migrate-wait': %s", c->why);
+			}
+			c->migrating = 0;
+		}
+		balloon = (SOAK_MIN + random() % (c->ram / 4)) & ~4095LL;
+		if (balloon_to(_metadata, c, balloon))
+			break;
+		expect_balloon(_metadata, c, balloon, total0);
+		checks++;
+		kill(stress, SIGCONT);
+	}
+	kill(stress, SIGKILL);
+	waitpid(stress, &st, 0);
+	EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) TH_LOG("stressor status %#x", st);
+
+	if (balloon_to(_metadata, c, 0))
+		return;
+	expect_balloon(_metadata, c, 0, total0);
+	EXPECT_EQ(oom0, proc_vmstat("oom_kill"));
+	EXPECT_GE(free_bytes(), free0 - FREE_SLACK) {
+		TH_LOG("free memory %lld MiB before, %lld MiB after", free0 / MIB,
+		       free_bytes() / MIB);
+	}
+	TH_LOG("%s: %d target changes, %lld checkpoints, %lld migrations in %lld s; OOM kills %lld",
+	       driver_name(), iterations, checks, migrations, (now_ms() - started) / 1000,
+	       proc_vmstat("oom_kill") - oom0);
+}
+
+int main(int argc, char **argv)
+{
+	return test_harness_run(argc, balloon_test_args(&argc, argv));
+}
