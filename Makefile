@@ -22,6 +22,7 @@ DEVICES ?= plain deflate-on-oom reporting hint hint-reporting soak poison poison
 DRIVER  ?= virtio_balloon_rust
 ROUNDS  ?= 5
 SOAK    ?= 1000
+FLAP    ?= 60
 
 TREE    := $(CACHE)/tree
 BUILD   := $(CACHE)/build/debug
@@ -71,10 +72,11 @@ harness-test: setup
 check: all harness-test
 	@$(HARNESS) check $(VMARGS) $(addprefix --driver ,$(DRIVERS)) $(addprefix --device ,$(DEVICES))
 
-# The long soak: make check runs the same test with 40 target changes.
+# The long soak: make check runs the same tests with 40 target changes and 10 s
+# of a flapping target.
 soak: all
 	@$(HARNESS) check $(VMARGS) --test-timeout 7200 $(addprefix --driver ,$(DRIVERS)) \
-		--device soak,guest=vb.soak=$(SOAK)
+		--device soak,guest=vb.soak=$(SOAK),guest=vb.flap=$(FLAP)
 
 run: all
 	@$(HARNESS) demo $(VMARGS) --driver $(DRIVER) --fallback virtio_balloon
@@ -108,4 +110,4 @@ help:
 	@echo "  KDIR=$(KDIR)  (empty: Debian's linux-source-7.3, unpacked in CACHE)"
 	@echo "  CACHE=$(CACHE)"
 	@echo "  LLVM=$(LLVM) JOBS=$(JOBS) ACCEL=$(ACCEL) MEM=$(MEM)"
-	@echo "  DRIVERS=$(DRIVERS)  DEVICES=$(DEVICES)  DRIVER=$(DRIVER) (run)  ROUNDS=$(ROUNDS) (bench)  SOAK=$(SOAK) (soak)"
+	@echo "  DRIVERS=$(DRIVERS)  DEVICES=$(DEVICES)  DRIVER=$(DRIVER) (run)  ROUNDS=$(ROUNDS) (bench)  SOAK=$(SOAK) FLAP=$(FLAP) (soak)"

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 pub const PRESETS: &[(&str, &str)] = &[
     (
         "plain",
-        "tests=balloon+polling+features+oom.kills_without_deflate_on_oom+compaction+lifecycle+faults",
+        "tests=balloon+polling+features+oom.kills_without_deflate_on_oom+compaction+lifecycle+\
+         faults.inflate_loses_no_page+faults.probe_unwinds",
     ),
     (
         "deflate-on-oom",
@@ -53,11 +54,12 @@ pub const PRESETS: &[(&str, &str)] = &[
         "zero-on-free",
         "free-page-reporting,guest=init_on_free=1,kmemleak=off,tests=features+poison",
     ),
-    // Every feature at once, under random targets and a memory stressor; `make soak`
-    // runs it with 1000 target changes (guest=vb.soak=1000).
+    // Every feature at once: random and flapping targets under a memory stressor, and
+    // faults during hinting and reporting. `make soak` runs it longer (vb.soak, vb.flap).
     (
         "soak",
-        "deflate-on-oom,free-page-hint,free-page-reporting,stats=2,tests=soak",
+        "deflate-on-oom,free-page-hint,free-page-reporting,stats=2,\
+         tests=faults.hinting_and_reporting+soak",
     ),
     // One CPU: under TCG a two-CPU guest takes 3 s to minutes to resume from S3 (timer
     // and RCU softirqs, ACPI link methods after the CPU comes back); one CPU takes 3 s.

@@ -14,7 +14,10 @@
  *   - during probe, the n-th allocation for every n until a bind goes
  *     through without one (/proc/self/fail-nth): each failed bind unwinds,
  *     and the driver binds and works afterwards. The boot's kmemleak scan
- *     then shows that nothing leaked.
+ *     then shows that nothing leaked;
+ *   - at random during a migration with free page hinting and during free
+ *     page reporting: the hinted blocks come back, and reporting works
+ *     afterwards.
  *
  * soak: random targets (4 MiB to most of the guest) while a stressor
  * allocates, touches and frees memory of varying sizes, with whatever the
@@ -23,7 +26,9 @@
  * balloon reaches a target, and guest and host agree exactly; at the end the
  * balloon is empty, MemTotal and free memory are back, and nothing was
  * OOM-killed. vb.soak=N on the guest command line sets the number of target
- * changes (make check: 40; make soak: 1000).
+ * changes (make check: 40; make soak: 1000). And a target that flaps every
+ * few milliseconds for vb.flap=S seconds (make check: 10; make soak: 60):
+ * the guest stays responsive and the balloon ends exactly on the last one.
  */
 #include <signal.h>
 #include <sys/mman.h>
@@ -46,6 +51,14 @@
 #define STRESS_MAX	(96 * MIB)
 #define SOAK_MAX_PERMILLE 700
 #define MIGRATE_BW	(1024 * MIB)
+#define FLAP_DEFAULT	10
+#define FLAP_LO		(16 * MIB)
+#define FLAP_HI		(256 * MIB)
+/* Dirtied and freed for free page reporting; QEMU's RSS must fall by half of it. */
+#define DIRTY		(256 * MIB)
+#define REPORT_WAIT_MS	10000
+/* "Responsive": a liveness bound, not a speed target. */
+#define RESPONSIVE_MS	10000
 
 static const char *const fault_kinds[] = { "fail_page_alloc", "failslab" };
 
@@ -319,15 +332,106 @@ TEST_F_TIMEOUT(faults, probe_unwinds, 600)
 	expect_balloon(_metadata, c, 0, total0);
 }
 
-/* Number after vb.soak= on the guest command line, or @def. */
-static int soak_iterations(int def)
+/* Maps @bytes of anonymous memory, writes every page and frees it again. */
+static int dirty_and_free(long long bytes)
+{
+	long page = getpagesize();
+	char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return -1;
+	for (long long off = 0; off < bytes; off += page)
+		p[off] = 1;
+	munmap(p, bytes);
+	return 0;
+}
+
+/* How far QEMU's RSS falls below @from within @ms (polled every 100 ms). */
+static long long rss_fall(struct balloon_ctx *c, long long from, long long ms)
+{
+	long long start = now_ms(), best = 0, rss;
+
+	while (now_ms() - start < ms && best < DIRTY / 2) {
+		rss = host_num(c->host, c->why, sizeof(c->why), "rss");
+		if (rss < 0)
+			return -1;
+		best = rss < from - best ? from - rss : best;
+		usleep(100 * 1000);
+	}
+	return best;
+}
+
+/*
+ * A third of the driver's allocations fail during a migration to a file with
+ * free page hinting and while freed memory is reported. Afterwards the hinted
+ * blocks are back in the guest, the balloon moves exactly, and reporting
+ * gives freed memory back to the host again.
+ */
+TEST_F_TIMEOUT(faults, hinting_and_reporting, 300)
+{
+	struct balloon_ctx *c = &self->c;
+	unsigned long long start, end;
+	long long total0, free0, free1 = 0, injected, rss, fell;
+
+	if (!c->hint || !c->reporting)
+		SKIP(return, "the device offers no free page hinting or reporting");
+	ASSERT_EQ(0, module_range(&start, &end)) TH_LOG("%s not in /proc/modules", driver_name());
+	refresh_counters();
+	total0 = proc_meminfo("MemTotal");
+	free0 = free_bytes();
+
+	ASSERT_EQ(0, faults_arm(start, end, 33, FAULT_TIMES)) TH_LOG("cannot set up fault injection");
+	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "migrate-start %lld", MIGRATE_BW)) {
+		TH_LOG("host 'migrate-start': %s", c->why);
+	}
+	c->migrating = 1;
+	EXPECT_EQ(0, dirty_and_free(DIRTY));
+	sleep(3);
+	EXPECT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "migrate-wait 0")) {
+		TH_LOG("host 'migrate-wait': %s", c->why);
+	}
+	c->migrating = 0;
+	injected = faults_injected();
+	faults_off();
+	EXPECT_LT(0, injected);
+
+	/* Hinted blocks go back once the host says the migration is done. */
+	for (int i = 0; i < 100; i++) {
+		free1 = free_bytes();
+		if (free1 >= free0 - FREE_SLACK)
+			break;
+		usleep(100 * 1000);
+	}
+	EXPECT_GE(free1, free0 - FREE_SLACK) {
+		TH_LOG("free memory %lld MiB before, %lld MiB after", free0 / MIB, free1 / MIB);
+	}
+	if (balloon_to(_metadata, c, 64 * MIB))
+		return;
+	expect_balloon(_metadata, c, 64 * MIB, total0);
+	if (balloon_to(_metadata, c, 0))
+		return;
+	expect_balloon(_metadata, c, 0, total0);
+
+	/* Reporting recovered: freed memory leaves QEMU's RSS again. */
+	rss = host_num(c->host, c->why, sizeof(c->why), "rss");
+	ASSERT_LT(0, rss) TH_LOG("host 'rss': %s", c->why);
+	ASSERT_EQ(0, dirty_and_free(DIRTY));
+	rss = host_num(c->host, c->why, sizeof(c->why), "rss");
+	fell = rss_fall(c, rss, REPORT_WAIT_MS);
+	TH_LOG("%s: %lld allocations failed during hinting and reporting; afterwards QEMU's RSS fell by %lld MiB of %lld MiB freed",
+	       driver_name(), injected, fell / MIB, DIRTY / MIB);
+	EXPECT_LE(DIRTY / 2, fell);
+}
+
+/* The number in @key (such as "vb.soak=") on the guest command line, or @def. */
+static int cmdline_num(const char *key, int def)
 {
 	char line[4096], *p;
 
 	if (read_line("/proc/cmdline", line, sizeof(line)))
 		return def;
-	p = strstr(line, "vb.soak=");
-	return p ? atoi(p + strlen("vb.soak=")) : def;
+	p = strstr(line, key);
+	return p ? atoi(p + strlen(key)) : def;
 }
 
 /* Allocates, touches and frees anonymous memory of random sizes until killed. */
@@ -368,7 +472,7 @@ TEST_F_TIMEOUT(soak, random_targets, 3600)
 {
 	struct balloon_ctx *c = &self->c;
 	long long total0, free0, oom0, most, started = now_ms(), checks = 0, migrations = 0;
-	int iterations = soak_iterations(SOAK_DEFAULT), st;
+	int iterations = cmdline_num("vb.soak=", SOAK_DEFAULT), st;
 	pid_t stress;
 
 	refresh_counters();
@@ -426,6 +530,49 @@ TEST_F_TIMEOUT(soak, random_targets, 3600)
 	TH_LOG("%s: %d target changes, %lld checkpoints, %lld migrations in %lld s; OOM kills %lld",
 	       driver_name(), iterations, checks, migrations, (now_ms() - started) / 1000,
 	       proc_vmstat("oom_kill") - oom0);
+}
+
+/*
+ * The host flips the target between two sizes every few milliseconds for
+ * vb.flap seconds. Meanwhile a fork and exec never takes seconds; at the end
+ * the balloon lands exactly on the last target, and nothing was OOM-killed.
+ */
+TEST_F_TIMEOUT(soak, flapping_target, 900)
+{
+	struct balloon_ctx *c = &self->c;
+	int secs = cmdline_num("vb.flap=", FLAP_DEFAULT);
+	long long total0, oom0, begin = now_ms(), next_probe = 0, slowest = 0, ms, changes = 0;
+	int failed = 0;
+
+	refresh_counters();
+	total0 = proc_meminfo("MemTotal");
+	oom0 = proc_vmstat("oom_kill");
+	while (now_ms() - begin < secs * 1000LL) {
+		long long below = changes % 2 ? FLAP_HI : FLAP_LO;
+
+		ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "set %lld", c->ram - below)) {
+			TH_LOG("host 'set': %s", c->why);
+		}
+		changes++;
+		usleep(2000);
+		if (now_ms() >= next_probe) {
+			ms = run_true_ms();
+			failed += ms < 0;
+			slowest = ms > slowest ? ms : slowest;
+			next_probe = now_ms() + 500;
+		}
+	}
+	if (balloon_to(_metadata, c, FLAP_HI / 2))
+		return;
+	expect_balloon(_metadata, c, FLAP_HI / 2, total0);
+	TH_LOG("%s: %lld target changes in %d s; slowest fork+exec %lld ms",
+	       driver_name(), changes, secs, slowest);
+	EXPECT_EQ(0, failed);
+	EXPECT_GT(RESPONSIVE_MS, slowest);
+	EXPECT_EQ(oom0, proc_vmstat("oom_kill"));
+	if (balloon_to(_metadata, c, 0))
+		return;
+	expect_balloon(_metadata, c, 0, total0);
 }
 
 int main(int argc, char **argv)
