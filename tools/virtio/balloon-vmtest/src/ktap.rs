@@ -62,15 +62,27 @@ fn depth(mut line: &str) -> (usize, &str) {
 
 /// Leaf results of a kselftest run: each subtest of each program, and the
 /// program itself when it has no subtests or failed with all of them passing
-/// (a crash or a timeout).
+/// (a crash or a timeout). A test may print `@@NOTE FIXTURE.TEST text` before
+/// its result: the text becomes the note of a result that has none (what a
+/// soak did, for the table).
 pub fn parse(lines: &[String]) -> Vec<TestResult> {
     let mut out = Vec::new();
     let mut subtests: Vec<TestResult> = Vec::new();
+    let mut notes: Vec<(String, String)> = Vec::new();
     for raw in lines {
         let (d, line) = depth(raw.trim_end());
-        let Some((ok, name, note)) = parse_result(line) else {
+        if let Some((test, text)) = line.strip_prefix("@@NOTE ").and_then(|r| r.split_once(' ')) {
+            notes.push((test.to_string(), text.to_string()));
+            continue;
+        }
+        let Some((ok, name, mut note)) = parse_result(line) else {
             continue;
         };
+        if note.is_empty() {
+            if let Some(i) = notes.iter().position(|(t, _)| *t == name) {
+                note = notes.remove(i).1;
+            }
+        }
         match d {
             0 => {
                 // "selftests: drivers/virtio_balloon: balloon_test" -> "balloon_test"
@@ -152,6 +164,24 @@ mod tests {
         );
         assert_eq!(parse_result("# ok 1 y"), None);
         assert_eq!(parse_result("okay"), None);
+    }
+
+    #[test]
+    fn notes_join_their_result() {
+        let log = v("# selftests: drivers/virtio_balloon: balloon_stress_test\n# # @@NOTE soak.a 40 changes\n# ok 1 soak.a\n# # @@NOTE soak.b ignored\n# ok 2 soak.b # SKIP no host\n# ok 3 soak.c\nok 1 selftests: drivers/virtio_balloon: balloon_stress_test\n");
+        let r = parse(&log);
+        let notes: Vec<_> = r
+            .iter()
+            .map(|t| (t.name.as_str(), t.note.as_str()))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                ("balloon_stress_test:soak.a", "40 changes"),
+                ("balloon_stress_test:soak.b", "SKIP no host"),
+                ("balloon_stress_test:soak.c", ""),
+            ]
+        );
     }
 
     #[test]
