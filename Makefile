@@ -23,6 +23,7 @@ DRIVER  ?= virtio_balloon_rust
 ROUNDS  ?= 5
 SOAK    ?= 1000
 FLAP    ?= 60
+STOP    ?= 150
 
 TREE    := $(CACHE)/tree
 BUILD   := $(CACHE)/build/debug
@@ -72,11 +73,13 @@ harness-test: setup
 check: all harness-test
 	@$(HARNESS) check $(VMARGS) $(addprefix --driver ,$(DRIVERS)) $(addprefix --device ,$(DEVICES))
 
+SOAK_DEVICE = soak,guest=vb.soak=$(SOAK),guest=vb.flap=$(FLAP),guest=vb.stop=$(STOP),$\
+	tests=faults.hinting_and_reporting+soak+stop
 # The long soak: make check runs the same tests with 40 target changes and 10 s
-# of a flapping target.
+# of a flapping target, and no long stop.
 soak: all
 	@$(HARNESS) check $(VMARGS) --test-timeout 7200 $(addprefix --driver ,$(DRIVERS)) \
-		--device soak,guest=vb.soak=$(SOAK),guest=vb.flap=$(FLAP)
+		--device $(SOAK_DEVICE)
 
 run: all
 	@$(HARNESS) demo $(VMARGS) --driver $(DRIVER) --fallback virtio_balloon
@@ -110,4 +113,4 @@ help:
 	@echo "  KDIR=$(KDIR)  (empty: Debian's linux-source-7.3, unpacked in CACHE)"
 	@echo "  CACHE=$(CACHE)"
 	@echo "  LLVM=$(LLVM) JOBS=$(JOBS) ACCEL=$(ACCEL) MEM=$(MEM)"
-	@echo "  DRIVERS=$(DRIVERS)  DEVICES=$(DEVICES)  DRIVER=$(DRIVER) (run)  ROUNDS=$(ROUNDS) (bench)  SOAK=$(SOAK) FLAP=$(FLAP) (soak)"
+	@echo "  DRIVERS=$(DRIVERS)  DEVICES=$(DEVICES)  DRIVER=$(DRIVER) (run)  ROUNDS=$(ROUNDS) (bench)  SOAK=$(SOAK) FLAP=$(FLAP) STOP=$(STOP) (soak)"

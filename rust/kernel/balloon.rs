@@ -532,11 +532,17 @@ mod tests {
 
     #[test]
     fn hint_blocks_are_whole_and_come_back() -> Result {
-        let free = vmstat::meminfo().free;
-        let block = HintBlock::alloc().ok_or(ENOMEM)?;
-        assert_eq!(block.addr() as usize % HintBlock::BYTES, 0);
-        assert!(vmstat::meminfo().free <= free);
-        drop(block);
+        // KUnit runs while the boot still frees memory (the initramfs, init sections), so
+        // free memory may grow across one allocation; it must fall across one of three.
+        let mut fell = false;
+        for _ in 0..3 {
+            let free = vmstat::meminfo().free;
+            let block = HintBlock::alloc().ok_or(ENOMEM)?;
+            assert_eq!(block.addr() as usize % HintBlock::BYTES, 0);
+            fell |= vmstat::meminfo().free < free;
+            drop(block);
+        }
+        assert!(fell);
         Ok(())
     }
 

@@ -31,7 +31,8 @@ const ARRAY_PFNS_MAX: usize = 256;
 /// batching is what makes the balloon faster. It also sets how long the device model works
 /// on the balloon in one go, which other guest processes feel when the host is short of
 /// CPUs; `make bench` measured 1, 2, 4 and 8 (Documentation/virtio-balloon-rust/driver.rst).
-/// Page migration and the OOM notifier wait behind at most the one round trip in flight.
+/// Page migration waits behind at most the one round trip in flight, the OOM notifier behind
+/// that one and its own.
 const BATCH: usize = 4;
 /// Page frame numbers in one round trip.
 const BATCH_PFNS: usize = BATCH * ARRAY_PFNS_MAX;

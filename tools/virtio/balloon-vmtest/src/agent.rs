@@ -50,7 +50,7 @@ const MIGRATE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where migrations go: the VM stays here and resumes.
 const MIGRATE_SINK: &str = "exec:cat > /dev/null";
 /// The longest `pause`.
-const PAUSE_MAX_MS: u64 = 60_000;
+const PAUSE_MAX_MS: u64 = 300_000;
 /// How long a wake thread waits for the guest to suspend, or presses the power button.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `unplug` waits for the guest to release the device.
