@@ -74,9 +74,9 @@ check: all harness-test
 	@$(HARNESS) check $(VMARGS) $(addprefix --driver ,$(DRIVERS)) $(addprefix --device ,$(DEVICES))
 
 SOAK_DEVICE = soak,guest=vb.soak=$(SOAK),guest=vb.flap=$(FLAP),guest=vb.stop=$(STOP),$\
-	tests=faults.hinting_and_reporting+soak+stop
-# The long soak: make check runs the same tests with 40 target changes and 10 s
-# of a flapping target, and no long stop.
+	kmemleak=on,tests=faults.hinting_and_reporting+soak+stop
+# The long soak, with kmemleak: make check runs the same tests with 30 target
+# changes, 5 s of a flapping target, no long stop and no kmemleak.
 soak: all
 	@$(HARNESS) check $(VMARGS) --test-timeout 7200 $(addprefix --driver ,$(DRIVERS)) \
 		--device $(SOAK_DEVICE)

@@ -55,10 +55,11 @@ pub const PRESETS: &[(&str, &str)] = &[
         "free-page-reporting,guest=init_on_free=1,kmemleak=off,tests=features+poison",
     ),
     // Every feature at once: random and flapping targets under a memory stressor, and
-    // faults during hinting and reporting. `make soak` runs it longer (vb.soak, vb.flap).
+    // faults during hinting and reporting. `make soak` runs it longer (vb.soak, vb.flap,
+    // vb.stop) and with kmemleak; make check's short run leaves the leak scan to plain.
     (
         "soak",
-        "deflate-on-oom,free-page-hint,free-page-reporting,stats=2,\
+        "deflate-on-oom,free-page-hint,free-page-reporting,stats=2,kmemleak=off,\
          tests=faults.hinting_and_reporting+soak",
     ),
     // One CPU: under TCG a two-CPU guest takes 3 s to minutes to resume from S3 (timer

@@ -28,8 +28,8 @@
  * balloon reaches a target, and guest and host agree exactly; at the end the
  * balloon is empty, MemTotal and free memory are back, and nothing was
  * OOM-killed. vb.soak=N on the guest command line sets the number of target
- * changes (make check: 40; make soak: 1000). And a target that flaps every
- * few milliseconds for vb.flap=S seconds (make check: 10; make soak: 60):
+ * changes (make check: 30; make soak: 1000). And a target that flaps every
+ * few milliseconds for vb.flap=S seconds (make check: 5; make soak: 60):
  * the guest stays responsive (fork and exec under 2 s) and the balloon
  * settles exactly on the last one without being asked again.
  *
@@ -52,20 +52,20 @@
 #define PROBE_INFLATE	(64 * MIB)
 /* Free memory after the balloon empties: per-CPU lists and the kernel's own use move it. */
 #define FREE_SLACK	(32 * MIB)
-#define SOAK_DEFAULT	40
+#define SOAK_DEFAULT	30
 #define SOAK_CHECK_EVERY 10
 #define SOAK_MIN	(4 * MIB)
 /* Largest stressor allocation, and the most of the guest a target may take. */
 #define STRESS_MAX	(96 * MIB)
 #define SOAK_MAX_PERMILLE 700
 #define MIGRATE_BW	(1024 * MIB)
-#define FLAP_DEFAULT	10
+#define FLAP_DEFAULT	5
 #define FLAP_LO		(16 * MIB)
 #define FLAP_HI		(256 * MIB)
 /* Dirtied and freed for free page reporting; QEMU's RSS must fall by half of it. */
 #define DIRTY		(256 * MIB)
 #define REPORT_WAIT_MS	10000
-#define HINT_MIGRATIONS	4
+#define HINT_MIGRATIONS	3
 /* "Responsive": a liveness bound, not a speed target (about 0.1 s measured here). */
 #define RESPONSIVE_MS	2000
 /* A bind that went through despite a failed allocation must still move the balloon. */
@@ -442,8 +442,8 @@ static long long rss_fall(struct balloon_ctx *c, long long from, long long ms)
 }
 
 /*
- * A third of the driver's allocations fail during four migrations to a file
- * with free page hinting and while freed memory is reported. Afterwards the hinted
+ * A third of the driver's allocations fail while freed memory is reported,
+ * then during three migrations to a file with free page hinting. Afterwards the hinted
  * blocks are back in the guest, the balloon moves exactly, and reporting
  * gives freed memory back to the host again.
  */
@@ -462,10 +462,8 @@ TEST_F_TIMEOUT(faults, hinting_and_reporting, 300)
 
 	ASSERT_EQ(0, faults_arm(start, end, 33, FAULT_TIMES)) TH_LOG("cannot arm fault injection");
 	/* Reporting alone: freed memory is reported after page_reporting_delay_ms (2 s). */
-	for (int i = 0; i < 2; i++) {
-		EXPECT_EQ(0, dirty_and_free(DIRTY));
-		sleep(3);
-	}
+	EXPECT_EQ(0, dirty_and_free(DIRTY));
+	sleep(3);
 	reporting = faults_injected();
 	/* A failed hint allocation ends that migration's hinting: several migrations. */
 	for (int i = 0; i < HINT_MIGRATIONS; i++) {
