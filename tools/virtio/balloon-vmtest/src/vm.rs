@@ -29,8 +29,13 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
     (
         "deflate-on-oom",
+        // The core tests whose accounting changes with deflate-on-oom (MemTotal stays);
+        // reversal, stats and migration do not depend on it (plain, soak).
         "deflate-on-oom,\
-         tests=balloon+features+oom.deflates_instead_of_killing+oom.unbind_while_deflating",
+         tests=balloon.driver_bound+balloon.inflate_reaches_target_exactly+\
+         balloon.deflate_returns_every_page+balloon.steps_reach_exact_targets+\
+         balloon.oversized_target_takes_what_it_can+balloon.rebind_and_reload_return_every_page+\
+         features+oom.deflates_instead_of_killing+oom.unbind_while_deflating",
     ),
     (
         "reporting",
