@@ -41,7 +41,12 @@ pub const PRESETS: &[(&str, &str)] = &[
         "reporting",
         "free-page-reporting,stats=2,kmemleak=off,tests=features+queues+reporting",
     ),
-    ("hint", "free-page-hint,stats=2,tests=features+queues+hint"),
+    // hint.migration_skips_free_memory runs in hint-reporting; the shrinker test here
+    // drives the hint queue too.
+    (
+        "hint",
+        "free-page-hint,stats=2,tests=features+queues+hint.shrinker_returns_blocks_during_migration",
+    ),
     (
         "hint-reporting",
         "free-page-hint,free-page-reporting,stats=2,\

@@ -65,7 +65,7 @@
 /* Dirtied and freed for free page reporting; QEMU's RSS must fall by half of it. */
 #define DIRTY		(256 * MIB)
 #define REPORT_WAIT_MS	10000
-#define HINT_MIGRATIONS	3
+#define HINT_MIGRATIONS	2
 /* "Responsive": a liveness bound, not a speed target (about 0.1 s measured here). */
 #define RESPONSIVE_MS	2000
 /* A bind that went through despite a failed allocation must still move the balloon. */
@@ -446,7 +446,7 @@ static long long rss_fall(struct balloon_ctx *c, long long from, long long ms)
 
 /*
  * A third of the driver's allocations fail while freed memory is reported,
- * then during three migrations to a file with free page hinting. Afterwards the hinted
+ * then during two migrations to a file with free page hinting. Afterwards the hinted
  * blocks are back in the guest, the balloon moves exactly, and reporting
  * gives freed memory back to the host again.
  */
