@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -470,6 +471,119 @@ static inline int bind_driver(struct balloon_ctx *c, int bind)
 		usleep(100 * 1000);
 	}
 	return -1;
+}
+
+/* Migration bandwidth a teardown lets a migration finish at (QMP migrate-set-parameters). */
+#define BALLOON_FAST_BW			(1024 * MIB)
+
+/*
+ * The teardown every fixture shares: a migration the test started has ended,
+ * the guest is back at full size whatever happened, the driver is bound
+ * again, and the host port is closed. Fixture-specific undo comes first.
+ */
+static inline void balloon_ctx_teardown(struct balloon_ctx *c)
+{
+	if (c->host < 0)
+		return;
+	if (c->migrating)
+		host_req(c->host, c->why, sizeof(c->why), "migrate-wait %lld", BALLOON_FAST_BW);
+	host_num(c->host, c->why, sizeof(c->why), "target %lld", c->ram);
+	if (c->unbound)
+		bind_driver(c, 1);
+	close(c->host);
+	c->host = -1;
+}
+
+/* QEMU's resident set size, as the host sees it; -1 on error (why in c->why). */
+static inline long long host_rss(struct balloon_ctx *c)
+{
+	return host_num(c->host, c->why, sizeof(c->why), "rss");
+}
+
+/*
+ * Polls QEMU's RSS every 100 ms for up to @ms and returns the largest drop
+ * below @from. Stops once the drop reaches @enough (0: never); *@at_ms gets
+ * how long that took, -1 if it never did.
+ */
+static inline long long rss_drop(struct balloon_ctx *c, long long from, long long enough,
+				 long long ms, long long *at_ms)
+{
+	long long start = now_ms(), best = 0, rss;
+
+	*at_ms = -1;
+	while (now_ms() - start < ms) {
+		rss = host_rss(c);
+		if (rss < 0)
+			return -1;
+		if (from - rss > best)
+			best = from - rss;
+		if (enough && best >= enough) {
+			*at_ms = now_ms() - start;
+			break;
+		}
+		usleep(100 * 1000);
+	}
+	return best;
+}
+
+/* Maps @bytes of fresh anonymous memory and writes a nonzero word into every page. */
+static inline char *map_dirty(long long bytes)
+{
+	long page = getpagesize();
+	char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	for (long long off = 0; off < bytes; off += page)
+		*(unsigned long long *)(p + off) = 0x5a5a5a5a00000000ULL | (off / page);
+	return p;
+}
+
+/* Maps @bytes, writes every page, unmaps it: free memory the guest may report or hint. */
+static inline int dirty_and_free(long long bytes)
+{
+	char *p = map_dirty(bytes);
+
+	if (!p)
+		return -1;
+	munmap(p, bytes);
+	return 0;
+}
+
+/* The value of guest kernel argument @name ("@name=value") in @val; -1 if it is absent. */
+static inline int cmdline_arg(const char *name, char *val, size_t len)
+{
+	char line[4096], *tok, *save = NULL;
+	size_t nl = strlen(name);
+
+	if (read_line("/proc/cmdline", line, sizeof(line)))
+		return -1;
+	for (tok = strtok_r(line, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+		if (strncmp(tok, name, nl) || tok[nl] != '=')
+			continue;
+		snprintf(val, len, "%s", tok + nl + 1);
+		return 0;
+	}
+	return -1;
+}
+
+/* Guest kernel argument @name given as 1/on/y. */
+static inline int cmdline_flag(const char *name)
+{
+	char v[16];
+
+	if (cmdline_arg(name, v, sizeof(v)))
+		return 0;
+	return !strcmp(v, "1") || !strcmp(v, "on") || !strcmp(v, "y");
+}
+
+/* The number given as guest kernel argument @name, or @def. */
+static inline int cmdline_num(const char *name, int def)
+{
+	char v[32];
+
+	return cmdline_arg(name, v, sizeof(v)) ? def : atoi(v);
 }
 
 /*

@@ -81,9 +81,7 @@ static void life_teardown(struct balloon_ctx *c)
 		host_req(c->host, c->why, sizeof(c->why), "plug");
 		wait_bound(c, 30);
 	}
-	/* Leave the guest at full size whatever happened. */
-	host_num(c->host, c->why, sizeof(c->why), "target %lld", c->ram);
-	close(c->host);
+	balloon_ctx_teardown(c);
 }
 
 FIXTURE(lifecycle) { struct balloon_ctx c; };
@@ -605,21 +603,6 @@ static int shrinkers(void)
 		n += !strncmp(e->d_name, "virtio-balloon-", 15);
 	closedir(d);
 	return n;
-}
-
-/* Maps @bytes, writes every page, unmaps it: free memory the guest may report. */
-static int dirty_and_free(long long bytes)
-{
-	long page = getpagesize();
-	char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-
-	if (p == MAP_FAILED)
-		return -1;
-	for (long long off = 0; off < bytes; off += page)
-		*(unsigned long long *)(p + off) = 0x5a5a5a5a00000000ULL | (off / page);
-	munmap(p, bytes);
-	return 0;
 }
 
 /*

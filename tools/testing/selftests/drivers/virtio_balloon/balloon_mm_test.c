@@ -5,7 +5,7 @@
  * Deflate on OOM, page poison, free page reporting, free page hinting,
  * the queue each feature uses, and compaction of balloon pages. Each
  * fixture needs a device configuration the host harness sets up (see
- * Documentation/virtio-balloon-rust/testing.rst); the harness runs only the
+ * Documentation/driver-api/virtio/virtio_balloon_rust_testing.rst); the harness runs only the
  * fixtures a configuration is made for ($BALLOON_TESTS). What only the host
  * can do or see (QEMU's RSS, migrations, the balloon target) goes over the
  * org.kselftest.balloon port.
@@ -40,7 +40,6 @@
  */
 #define HINT_BW		(64 * MIB)
 #define SLOW_BW		(16 * MIB)
-#define FAST_BW		(1024 * MIB)
 /* MemFree after hinted blocks come back: per-CPU lists and page tables move it a little. */
 #define FREE_SLACK	(16 * MIB)
 #ifndef MIN
@@ -56,19 +55,11 @@ static void mm_teardown(struct balloon_ctx *c)
 {
 	char buf[32];
 
-	if (c->host < 0)
-		return;
-	if (c->migrating)
-		host_req(c->host, c->why, sizeof(c->why), "migrate-wait %lld", FAST_BW);
-	/* Leave the guest at full size whatever happened, before a driver binds again. */
-	host_num(c->host, c->why, sizeof(c->why), "target %lld", c->ram);
-	if (c->unbound)
-		bind_driver(c, 1);
-	if (c->reporting_delay >= 0) {
+	if (c->host >= 0 && c->reporting_delay >= 0) {
 		snprintf(buf, sizeof(buf), "%lld", c->reporting_delay);
 		sysfs_write(REPORTING_DELAY, buf);
 	}
-	close(c->host);
+	balloon_ctx_teardown(c);
 }
 
 FIXTURE(features) { struct balloon_ctx c; };
@@ -98,52 +89,6 @@ FIXTURE_TEARDOWN(hint) { mm_teardown(&self->c); }
 FIXTURE(compaction) { struct balloon_ctx c; };
 FIXTURE_SETUP(compaction) { balloon_ctx_setup(_metadata, &self->c); }
 FIXTURE_TEARDOWN(compaction) { mm_teardown(&self->c); }
-
-/* Guest kernel argument @name given as 1/on/y on the command line. */
-static int cmdline_flag(const char *name)
-{
-	char line[4096], *tok, *save = NULL;
-	size_t nl = strlen(name);
-
-	if (read_line("/proc/cmdline", line, sizeof(line)))
-		return 0;
-	for (tok = strtok_r(line, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
-		if (strncmp(tok, name, nl) || tok[nl] != '=')
-			continue;
-		return !strcmp(tok + nl + 1, "1") || !strcmp(tok + nl + 1, "on") ||
-		       !strcmp(tok + nl + 1, "y");
-	}
-	return 0;
-}
-
-static long long host_rss(struct balloon_ctx *c)
-{
-	return host_num(c->host, c->why, sizeof(c->why), "rss");
-}
-
-/* Maps @bytes of fresh anonymous memory and writes a nonzero word into every page. */
-static char *map_dirty(long long bytes)
-{
-	long page = getpagesize();
-	char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	for (long long off = 0; off < bytes; off += page)
-		*(unsigned long long *)(p + off) = 0x5a5a5a5a00000000ULL | (off / page);
-	return p;
-}
-
-static int dirty_and_free(long long bytes)
-{
-	char *p = map_dirty(bytes);
-
-	if (!p)
-		return -1;
-	munmap(p, bytes);
-	return 0;
-}
 
 /* Fills @bytes at @p with a pattern that check_pattern() recognises. */
 static void fill_pattern(char *p, long long bytes)
@@ -190,31 +135,6 @@ static long long nonzero_pages(long long bytes)
 	}
 	munmap(p, bytes);
 	return bad;
-}
-
-/*
- * Polls QEMU's RSS every 100 ms for up to @ms and returns the largest drop
- * below @from. Stops once the drop reaches @enough (0: never); *@at_ms gets
- * how long that took, -1 if it never did.
- */
-static long long rss_drop(struct balloon_ctx *c, long long from, long long enough,
-			  long long ms, long long *at_ms)
-{
-	long long start = now_ms(), best = 0, rss;
-
-	*at_ms = -1;
-	while (now_ms() - start < ms) {
-		rss = host_rss(c);
-		if (rss < 0)
-			return -1;
-		best = MAX(best, from - rss);
-		if (enough && best >= enough) {
-			*at_ms = now_ms() - start;
-			break;
-		}
-		usleep(100 * 1000);
-	}
-	return best;
 }
 
 /*
@@ -724,7 +644,7 @@ TEST_F_TIMEOUT(hint, migration_skips_free_memory, 400)
 	ASSERT_EQ(0, bind_driver(c, 0)) TH_LOG("unbind failed");
 	ASSERT_EQ(0, dirty_and_free(DIRTY));
 	/* Nothing to hint: bandwidth does not change what is sent, only how fast. */
-	ASSERT_EQ(0, migrate_watch(c, FAST_BW, &normal_off, &held_off)) {
+	ASSERT_EQ(0, migrate_watch(c, BALLOON_FAST_BW, &normal_off, &held_off)) {
 		TH_LOG("host: %s", c->why);
 	}
 	ASSERT_EQ(0, bind_driver(c, 1)) TH_LOG("bind failed");
@@ -816,7 +736,7 @@ TEST_F_TIMEOUT(hint, shrinker_returns_blocks_during_migration, 400)
 	EXPECT_EQ(oom0, proc_vmstat("oom_kill"));
 	EXPECT_GT(held, held_after) TH_LOG("the shrinker gave nothing back");
 
-	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "migrate-wait %lld", FAST_BW)) {
+	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "migrate-wait %lld", BALLOON_FAST_BW)) {
 		TH_LOG("host 'migrate-wait': %s", c->why);
 	}
 	c->migrating = 0;
@@ -830,37 +750,49 @@ TEST_F_TIMEOUT(hint, shrinker_returns_blocks_during_migration, 400)
 /*
  * Compaction migrates balloon pages. Memory is fragmented so that balloon
  * pages and free pages alternate: every other 64 KiB of a large anonymous
- * region is freed, the balloon inflates into those holes (the allocator
- * hands out the smallest free blocks first), then the rest of the region is
- * freed. Free 2 MiB blocks then need balloon pages moved: a full compaction
- * does it (balloon_migrate rises), and the balloon keeps its size on both
- * sides.
+ * region is freed while a second region holds most of the remaining free
+ * memory, so that the balloon inflates into those holes, then both regions
+ * are freed. Free 2 MiB blocks then need balloon pages moved: a full
+ * compaction does it (balloon_migrate rises), and the balloon keeps its size
+ * on both sides.
+ *
+ * The C driver allocates single pages, which the allocator takes from the
+ * smallest free blocks, the holes. The Rust driver takes whole free 2 MiB
+ * blocks first, and only then single pages: the filler leaves it
+ * FRAG_WHOLE of them, so that most of its balloon lands in the holes too.
  */
+#define FRAG_WHOLE	(48 * MIB)
 TEST_F_TIMEOUT(compaction, moves_balloon_pages, 300)
 {
 	struct balloon_ctx *c = &self->c;
-	long long below, frag, free1, mig0, mig1, nr0, total0, blocks0, blocks1, hp;
+	long long below, frag, fill, free0, free1, mig0, mig1, nr0, total0, blocks0, blocks1, hp;
 	long long chunk = 64 * 1024, start;
 	int want_hp = 64;
-	char *p;
+	char *p, *q;
 
 	refresh_counters();
-	frag = proc_meminfo("MemFree") / 2 / chunk * chunk;
+	free0 = proc_meminfo("MemFree");
+	frag = free0 * 2 / 3 / chunk * chunk;
+	fill = (free0 - frag - FRAG_WHOLE) / chunk * chunk;
+	ASSERT_LT(0, fill) TH_LOG("only %lld MiB free", free0 / MIB);
 	p = map_dirty(frag);
 	ASSERT_NE(NULL, p);
+	q = map_dirty(fill);
+	ASSERT_NE(NULL, q);
 	/* The guest kernel has no madvise() (tinyconfig: no ADVISE_SYSCALLS). */
 	for (long long off = chunk; off < frag; off += 2 * chunk)
 		ASSERT_EQ(0, munmap(p + off, chunk));
 	refresh_counters();
 	free1 = proc_meminfo("MemFree");
 	/*
-	 * Half the RAM, but leave an eighth of it free: the Rust driver keeps
-	 * that reserve and would stop short of a bigger target.
+	 * As much as the holes give, but leave an eighth of the RAM free: the
+	 * Rust driver keeps that reserve and would stop short of a bigger target.
 	 */
 	below = MIN(c->ram / 2, free1 - c->ram / 8 - 32 * MIB) / MIB * MIB;
-	ASSERT_LT(c->ram / 4, below) TH_LOG("only %lld MiB free", free1 / MIB);
+	ASSERT_LT(64 * MIB, below) TH_LOG("only %lld MiB free", free1 / MIB);
 	ASSERT_EQ(0, balloon_to(_metadata, c, below));
 	munmap(p, frag);
+	munmap(q, fill);
 
 	refresh_counters();
 	mig0 = proc_vmstat("balloon_migrate");

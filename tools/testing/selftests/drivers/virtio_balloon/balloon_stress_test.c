@@ -58,7 +58,6 @@
 /* Largest stressor allocation, and the most of the guest a target may take. */
 #define STRESS_MAX	(96 * MIB)
 #define SOAK_MAX_PERMILLE 700
-#define MIGRATE_BW	(1024 * MIB)
 #define FLAP_DEFAULT	5
 #define FLAP_LO		(16 * MIB)
 #define FLAP_HI		(256 * MIB)
@@ -259,14 +258,7 @@ static void stress_teardown(struct balloon_ctx *c)
 			wait_bound(c, 10);
 		unloaded = 0;
 	}
-	if (c->host < 0)
-		return;
-	if (c->migrating)
-		host_req(c->host, c->why, sizeof(c->why), "migrate-wait %lld", MIGRATE_BW);
-	host_num(c->host, c->why, sizeof(c->why), "target %lld", c->ram);
-	if (c->unbound)
-		bind_driver(c, 1);
-	close(c->host);
+	balloon_ctx_teardown(c);
 }
 
 FIXTURE(faults) { struct balloon_ctx c; };
@@ -415,35 +407,6 @@ TEST_F_TIMEOUT(faults, probe_unwinds, 600)
 	expect_balloon(_metadata, c, 0, total0);
 }
 
-/* Maps @bytes of anonymous memory, writes every page and frees it again. */
-static int dirty_and_free(long long bytes)
-{
-	long page = getpagesize();
-	char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		return -1;
-	for (long long off = 0; off < bytes; off += page)
-		p[off] = 1;
-	munmap(p, bytes);
-	return 0;
-}
-
-/* How far QEMU's RSS falls below @from within @ms (polled every 100 ms). */
-static long long rss_fall(struct balloon_ctx *c, long long from, long long ms)
-{
-	long long start = now_ms(), best = 0, rss;
-
-	while (now_ms() - start < ms && best < DIRTY / 2) {
-		rss = host_num(c->host, c->why, sizeof(c->why), "rss");
-		if (rss < 0)
-			return -1;
-		best = rss < from - best ? from - rss : best;
-		usleep(100 * 1000);
-	}
-	return best;
-}
-
 /*
  * A third of the driver's allocations fail while freed memory is reported,
  * then during two migrations to a file with free page hinting. Afterwards the hinted
@@ -454,7 +417,7 @@ TEST_F_TIMEOUT(faults, hinting_and_reporting, 300)
 {
 	struct balloon_ctx *c = &self->c;
 	unsigned long long start, end;
-	long long total0, free0, free1 = 0, reporting, hinting, held = 0, rss, fell;
+	long long total0, free0, free1 = 0, reporting, hinting, held = 0, rss, fell, at;
 
 	if (!c->hint || !c->reporting)
 		SKIP(return, "the device offers no free page hinting or reporting");
@@ -473,7 +436,7 @@ TEST_F_TIMEOUT(faults, hinting_and_reporting, 300)
 		long long before = free_bytes();
 
 		ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "migrate-start %lld",
-				      MIGRATE_BW)) {
+				      BALLOON_FAST_BW)) {
 			TH_LOG("host 'migrate-start': %s", c->why);
 		}
 		c->migrating = 1;
@@ -511,21 +474,10 @@ TEST_F_TIMEOUT(faults, hinting_and_reporting, 300)
 	ASSERT_LT(0, rss) TH_LOG("host 'rss': %s", c->why);
 	ASSERT_EQ(0, dirty_and_free(DIRTY));
 	rss = host_num(c->host, c->why, sizeof(c->why), "rss");
-	fell = rss_fall(c, rss, REPORT_WAIT_MS);
+	fell = rss_drop(c, rss, DIRTY / 2, REPORT_WAIT_MS, &at);
 	NOTE("failed: %lld reporting, %lld hinting (%lld MiB held); RSS then fell %lld of %lld MiB",
 	     reporting, hinting, maxll(held, 0) / MIB, fell / MIB, DIRTY / MIB);
 	EXPECT_LE(DIRTY / 2, fell);
-}
-
-/* The number in @key (such as "vb.soak=") on the guest command line, or @def. */
-static int cmdline_num(const char *key, int def)
-{
-	char line[4096], *p;
-
-	if (read_line("/proc/cmdline", line, sizeof(line)))
-		return def;
-	p = strstr(line, key);
-	return p ? atoi(p + strlen(key)) : def;
 }
 
 /* Allocates, touches and frees anonymous memory of random sizes until killed. */
@@ -567,7 +519,7 @@ TEST_F_TIMEOUT(soak, random_targets, 3600)
 {
 	struct balloon_ctx *c = &self->c;
 	long long total0, free0, oom0, most, started = now_ms(), checks = 0, migrations = 0;
-	int iterations = cmdline_num("vb.soak=", SOAK_DEFAULT), st = 0;
+	int iterations = cmdline_num("vb.soak", SOAK_DEFAULT), st = 0;
 	pid_t stress;
 
 	refresh_counters();
@@ -590,7 +542,7 @@ TEST_F_TIMEOUT(soak, random_targets, 3600)
 		usleep(random() % 300000);
 		if (c->hint && i % (2 * SOAK_CHECK_EVERY) == SOAK_CHECK_EVERY / 2) {
 			ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why),
-					      "migrate-start %lld", MIGRATE_BW)) {
+					      "migrate-start %lld", BALLOON_FAST_BW)) {
 				TH_LOG("host 'migrate-start': %s", c->why);
 			}
 			c->migrating = 1;
@@ -640,7 +592,7 @@ TEST_F_TIMEOUT(soak, random_targets, 3600)
 TEST_F_TIMEOUT(soak, flapping_target, 900)
 {
 	struct balloon_ctx *c = &self->c;
-	int secs = cmdline_num("vb.flap=", FLAP_DEFAULT);
+	int secs = cmdline_num("vb.flap", FLAP_DEFAULT);
 	long long total0, oom0, begin = now_ms(), next_probe = 0, slowest = 0, ms, changes = 0;
 	long long below = 0, actual = -1;
 	int failed = 0;
@@ -687,7 +639,7 @@ TEST_F_TIMEOUT(soak, flapping_target, 900)
 TEST_F_TIMEOUT(stop, long_mid_inflate, 900)
 {
 	struct balloon_ctx *c = &self->c;
-	int secs = cmdline_num("vb.stop=", 150);
+	int secs = cmdline_num("vb.stop", 150);
 	long long total0, at = 0, before, guest_ms, host_ms;
 
 	refresh_counters();
