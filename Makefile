@@ -30,6 +30,8 @@ BUILD   := $(CACHE)/build/debug
 KSFT    := $(CACHE)/kselftest
 INITRD  := $(CACHE)/initramfs.cpio.gz
 LOGS    := $(CACHE)/logs
+SERIES  ?= $(CACHE)/series
+LINT    := $(CACHE)/build/lint
 HARNESS_DIR := tools/virtio/balloon-vmtest
 HARNESS := $(CACHE)/cargo/release/balloon-vmtest
 FRAGMENTS := kernel/configs/virtio_balloon_guest.config kernel/configs/virtio_balloon_debug.config
@@ -41,16 +43,19 @@ VMARGS  := --kernel $(BUILD)/arch/x86/boot/bzImage --initrd $(INITRD) \
 CARGO   := CARGO_TARGET_DIR=$(CACHE)/cargo cargo
 
 .NOTPARALLEL:
-.PHONY: all setup tree kernel selftests initramfs harness harness-test check run bench soak release-kernel clean help
+.PHONY: all setup tree kernel selftests initramfs harness harness-test check run bench soak release-kernel \
+	series series-check lint clean help
 
 all: initramfs harness
 
 setup:
 	@scripts/setup-host.sh
 
+# The 7.3 source: KDIR, or Debian's linux-source-7.3 (downloaded once).
+SRC_TREE = src="$(KDIR)"; [ -n "$$src" ] || src=$$(scripts/fetch-kernel.sh $(CACHE))
+
 tree: setup
-	@src="$(KDIR)"; [ -n "$$src" ] || src=$$(scripts/fetch-kernel.sh $(CACHE)); \
-	scripts/prepare-tree.sh "$$src" $(TREE)
+	@$(SRC_TREE); scripts/prepare-tree.sh "$$src" $(TREE)
 
 kernel: tree
 	@LLVM=$(LLVM) JOBS=$(JOBS) scripts/build-kernel.sh $(TREE) $(BUILD) $(FRAGMENTS)
@@ -70,8 +75,25 @@ harness: setup
 harness-test: setup
 	@$(CARGO) test --release -q --manifest-path $(HARNESS_DIR)/Cargo.toml
 
+# The project as a patch series for 7.3 (SERIES=DIR to choose where), and the
+# check that `git am` of it onto the pristine source gives the build's tree.
+series: tree
+	@$(SRC_TREE); scripts/make-series.sh write "$$src" $(SERIES)
+
+series-check: series
+	@$(SRC_TREE); scripts/make-series.sh check "$$src" $(SERIES) $(TREE)
+
+# checkpatch, rustfmt, clippy, rustdoc, docutils, kernel-doc and the host tool's
+# clippy and rustfmt (scripts/lint.sh).
+lint: series-check
+	@[ -f $(BUILD)/.config ] || $(MAKE) -s kernel
+	@LLVM=$(LLVM) JOBS=$(JOBS) scripts/lint.sh $(TREE) $(BUILD) $(LINT) $(SERIES) $(CACHE)/cargo
+
+# The guest suite, then the lint (which fails the check too).
 check: all harness-test
-	@$(HARNESS) check $(VMARGS) $(addprefix --driver ,$(DRIVERS)) $(addprefix --device ,$(DEVICES))
+	@rc=0; $(HARNESS) check $(VMARGS) $(addprefix --driver ,$(DRIVERS)) \
+		$(addprefix --device ,$(DEVICES)) || rc=1; \
+	$(MAKE) -s --no-print-directory lint || rc=1; exit $$rc
 
 SOAK_DEVICE = soak,guest=vb.soak=$(SOAK),guest=vb.flap=$(FLAP),guest=vb.stop=$(STOP),$\
 	kmemleak=on,tests=faults.hinting_and_reporting+soak+stop
@@ -109,7 +131,7 @@ clean:
 	rm -rf $(BUILD) $(RELEASE) $(KSFT) $(INITRD) $(RELEASE_INITRD) $(LOGS) $(CACHE)/cargo
 
 help:
-	@echo "make run | check | bench | soak | all | kernel | harness | clean"
+	@echo "make run | check | bench | soak | series | lint | all | kernel | harness | clean"
 	@echo "  KDIR=$(KDIR)  (empty: Debian's linux-source-7.3, unpacked in CACHE)"
 	@echo "  CACHE=$(CACHE)"
 	@echo "  LLVM=$(LLVM) JOBS=$(JOBS) ACCEL=$(ACCEL) MEM=$(MEM)"

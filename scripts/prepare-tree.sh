@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # Make a kernel tree that carries this project: a hard-linked copy of the
-# user's (or Debian's) 7.3 source, with patches/series applied and the new
-# files of this repository laid over it at their in-tree paths.
+# user's (or Debian's) 7.3 source, with the patches of patches/series
+# applied and the new files its entries list laid over it at their in-tree
+# paths. The result is what `git am` of the series (make series) gives.
 #
 # The source tree is never written to. Files are staged first and then
 # synced with checksums, so a file that did not change keeps its mtime and
@@ -15,9 +16,7 @@ set -euo pipefail
 src=$(cd "${1:?usage: prepare-tree.sh SRC WORK}" && pwd)
 work=${2:?usage: prepare-tree.sh SRC WORK}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-
-# New files of the project, at their in-tree paths.
-overlay=(drivers rust kernel/configs tools/testing/selftests/drivers/virtio_balloon)
+. "$repo/scripts/series.sh"
 
 [ -f "$src/Makefile" ] && [ -d "$src/rust" ] ||
 	{ echo "prepare-tree: $src is not a kernel tree with rust/" >&2; exit 1; }
@@ -42,9 +41,9 @@ fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
-# Files the series edits: start from the pristine source, apply in order.
-while read -r p; do
-	case "$p" in ''|'#'*) continue ;; esac
+# Files the series edits: start from the pristine source, apply in order;
+# then the new files of each entry.
+series_entries "$repo" | while read -r p paths; do
 	for f in $(sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$repo/patches/$p"); do
 		[ -f "$stage/$f" ] && continue
 		mkdir -p "$stage/$(dirname "$f")"
@@ -52,12 +51,15 @@ while read -r p; do
 	done
 	patch -s -p1 -d "$stage" --no-backup-if-mismatch < "$repo/patches/$p" ||
 		{ echo "prepare-tree: patches/$p does not apply to $src" >&2; exit 1; }
-done < "$repo/patches/series"
-
-for d in "${overlay[@]}"; do
-	[ -d "$repo/$d" ] || continue
-	mkdir -p "$stage/$d"
-	cp -r "$repo/$d/." "$stage/$d/"
+	# shellcheck disable=SC2086 # the paths are words
+	for f in $(series_files "$repo" $paths); do
+		if [ -e "$src/$f" ]; then
+			echo "prepare-tree: $f (patches/series, $p) is in the source already" >&2
+			exit 1
+		fi
+		mkdir -p "$stage/$(dirname "$f")"
+		cp "$repo/$f" "$stage/$f"
+	done
 done
 
 # Files the previous run laid over that are gone now: restore the source's.

@@ -30,7 +30,8 @@ const ARRAY_PFNS_MAX: usize = 256;
 /// TCG the exit to QEMU) costs about as much as the host's work on a whole message, so
 /// batching is what makes the balloon faster. It also sets how long the device model works
 /// on the balloon in one go, which other guest processes feel when the host is short of
-/// CPUs; `make bench` measured 1, 2, 4 and 8 (Documentation/virtio-balloon-rust/driver.rst).
+/// CPUs; `make bench` measured 1, 2, 4 and 8
+/// (`Documentation/driver-api/virtio/virtio_balloon_rust.rst`).
 /// Page migration waits behind at most the one round trip in flight, the OOM notifier behind
 /// that one and its own.
 const BATCH: usize = 4;

@@ -24,10 +24,10 @@
 //! and delete the queues before they drop it ([`Live::stop`]).
 //!
 //! Where it differs from the C driver (each is an improvement; see
-//! `Documentation/virtio-balloon-rust/driver.rst`): it keeps a reserve of available memory the
-//! balloon does not take; after an OOM deflate it does not re-inflate until the pressure is
-//! over (no inflate/OOM ping-pong); a page the host was not told about never changes hands; and
-//! it says so, rate-limited, when the host stops answering.
+//! `Documentation/driver-api/virtio/virtio_balloon_rust.rst`): it keeps a reserve of available
+//! memory the balloon does not take; after an OOM deflate it does not re-inflate until the
+//! pressure is over (no inflate/OOM ping-pong); a page the host was not told about never
+//! changes hands; and it says so, rate-limited, when the host stops answering.
 
 mod hinting;
 mod oom;

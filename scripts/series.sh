@@ -1,0 +1,30 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# Reading patches/series, for prepare-tree.sh and make-series.sh (sourced).
+#
+# An entry is a patch name at the start of a line, followed by indented
+# lines that name the new files the entry adds (files or directories of the
+# repository). Comments start with '#'.
+
+# Prints one line per entry: the patch name, then its new paths.
+series_entries() {
+	awk '/^[[:space:]]*(#|$)/ { next }
+	     /^[^[:space:]]/ { if (e != "") print e; e = $1; next }
+	     { e = e " " $1 }
+	     END { if (e != "") print e }' "$1/patches/series"
+}
+
+# Prints the files under the repository paths given after the repository:
+# those git tracks and the untracked ones it does not ignore (outside a git
+# checkout, every file).
+series_files() {
+	local repo=$1
+	shift
+	[ $# -gt 0 ] || return 0
+	if git -C "$repo" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+		git -C "$repo" ls-files -co --exclude-standard -- "$@" |
+			while read -r f; do [ -f "$repo/$f" ] && echo "$f"; done
+	else
+		(cd "$repo" && find "$@" -type f)
+	fi | sort -u
+}
