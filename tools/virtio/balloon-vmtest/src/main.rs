@@ -5,129 +5,23 @@
 
 mod agent;
 mod bench;
+mod cli;
 mod ktap;
 mod logscan;
 mod qmp;
 mod vm;
 
+use clap::Parser;
+use cli::{BenchArgs, CheckArgs, Cli, Cmd, DemoArgs, VmArgs};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressState, ProgressStyle};
 use ktap::{Status, TestResult};
+use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vm::{Config, Device, Vm};
 
-const USAGE: &str = "\
-usage: balloon-vmtest check|demo|bench --kernel BZIMAGE --initrd INITRD [options]
-
-  check   run the virtio_balloon kselftests once per driver and device
-  demo    inflate and deflate the balloon, showing host and guest views
-  bench   time inflate and deflate for each driver, taking turns in one boot
-
-options:
-  --driver MODULE     balloon driver module; check takes it several times
-                      (default: virtio_balloon)
-  --device OPTS       a configuration: an optional preset name (plain,
-                      deflate-on-oom, reporting, hint, hint-reporting, poison,
-                      poison-unsupported, soak, zero-on-free,
-                      zero-on-free-unsupported) and options: deflate-on-oom,
-                      free-page-reporting, free-page-hint, stats=N,
-                      page-poison=on|off, guest=KERNEL_ARG (repeatable),
-                      cpus=N (instead of --cpus), tests=SEL+SEL (FIXTURE or
-                      FIXTURE.TEST; default: the core suite, balloon); check
-                      takes it several times (default: plain)
-  --fallback MODULE   demo: if the driver does not bind, show this one
-  --accel ACCEL       tcg (default) or kvm
-  --mem MIB           guest RAM (default 1024)
-  --cpus N            guest CPUs (default 2)
-  --qemu PATH         QEMU binary (default qemu-system-x86_64)
-  --log-dir DIR       console logs and sockets (default ./vmtest-logs)
-  --test-timeout S    fail a test that shows no result for S seconds (default 240)
-  --no-retry          check: do not boot a failed configuration a second time
-                      (by default a failure that does not come back is
-                      reported as flaky, with its console excerpt)
-  --rounds N          bench: rounds of every driver (default 5)
-  --out DIR           bench: where the table, data and plot go (default LOG_DIR/bench)
-  --discard-prog PATH bench: the host discard-limit program to measure against
-";
-
-struct Args {
-    cmd: String,
-    kernel: PathBuf,
-    initrd: PathBuf,
-    drivers: Vec<String>,
-    devices: Vec<Device>,
-    fallback: Option<String>,
-    accel: String,
-    mem: u64,
-    cpus: u32,
-    qemu: String,
-    log_dir: PathBuf,
-    test_timeout: Duration,
-    rounds: u64,
-    out_dir: PathBuf,
-    discard_prog: Option<PathBuf>,
-    /// check: boot a configuration that failed once more.
-    retry: bool,
-}
-
-fn parse_args(argv: &[String]) -> Result<Args, String> {
-    let mut a = Args {
-        cmd: argv.first().cloned().ok_or("no command")?,
-        kernel: PathBuf::new(),
-        initrd: PathBuf::new(),
-        drivers: vec![],
-        devices: vec![],
-        fallback: None,
-        accel: "tcg".into(),
-        mem: 1024,
-        cpus: 2,
-        qemu: "qemu-system-x86_64".into(),
-        log_dir: "vmtest-logs".into(),
-        test_timeout: Duration::from_secs(240),
-        rounds: 5,
-        out_dir: PathBuf::new(),
-        discard_prog: None,
-        retry: true,
-    };
-    let mut it = argv[1..].iter();
-    while let Some(opt) = it.next() {
-        let mut val = || it.next().cloned().ok_or(format!("{opt} needs a value"));
-        let num = |s: String| s.parse::<u64>().map_err(|e| format!("{opt}: {e}"));
-        match opt.as_str() {
-            "--kernel" => a.kernel = val()?.into(),
-            "--initrd" => a.initrd = val()?.into(),
-            "--driver" => a.drivers.push(val()?),
-            "--device" => a.devices.push(Device::parse(&val()?)?),
-            "--fallback" => a.fallback = Some(val()?),
-            "--accel" => a.accel = val()?,
-            "--mem" => a.mem = num(val()?)?,
-            "--cpus" => a.cpus = num(val()?)? as u32,
-            "--qemu" => a.qemu = val()?,
-            "--log-dir" => a.log_dir = val()?.into(),
-            "--test-timeout" => a.test_timeout = Duration::from_secs(num(val()?)?),
-            "--no-retry" => a.retry = false,
-            "--rounds" => a.rounds = num(val()?)?.max(1),
-            "--out" => a.out_dir = val()?.into(),
-            "--discard-prog" => a.discard_prog = Some(val()?.into()),
-            _ => return Err(format!("unknown option {opt}")),
-        }
-    }
-    if a.kernel.as_os_str().is_empty() || a.initrd.as_os_str().is_empty() {
-        return Err("--kernel and --initrd are required".into());
-    }
-    if a.drivers.is_empty() {
-        a.drivers.push("virtio_balloon".into());
-    }
-    if a.devices.is_empty() {
-        a.devices.push(Device::parse("plain")?);
-    }
-    if a.out_dir.as_os_str().is_empty() {
-        a.out_dir = a.log_dir.join("bench");
-    }
-    Ok(a)
-}
-
-fn config(a: &Args, driver: &str, device: &Device, mode: &str) -> Config {
+fn config(a: &VmArgs, driver: &str, device: &Device, mode: &str) -> Config {
     Config {
         qemu: a.qemu.clone(),
         accel: a.accel.clone(),
@@ -166,6 +60,30 @@ fn fail(name: &str, note: impl Into<String>) -> TestResult {
         name: name.into(),
         status: Status::Fail,
         note: note.into(),
+    }
+}
+
+/// A spinner on stderr while a guest runs: the time since the boot began and `msg`, what the
+/// guest does. Where stderr is no terminal (a CI log, `make check 2> log`) it draws nothing,
+/// and [`say`] prints its lines plainly.
+fn spinner(msg: &'static str) -> ProgressBar {
+    let style = ProgressStyle::with_template("   {spinner} {elapsed:>4} {wide_msg}")
+        .expect("a valid template");
+    let pb = ProgressBar::new_spinner()
+        .with_style(style)
+        .with_message(msg)
+        .with_finish(ProgressFinish::AndClear);
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+/// Prints a line to stderr above the spinner, or on its own where the spinner is hidden,
+/// so that a log has every line.
+fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
     }
 }
 
@@ -214,13 +132,14 @@ fn l_is_run(l: &str, sub: &str) -> bool {
 
 /// Boots once and runs the suite; returns the leaf results of that boot and
 /// the console excerpts of its failed tests.
-fn check_one(a: &Args, driver: &str, device: &Device) -> (Vec<TestResult>, Vec<Failure>) {
-    let cfg = config(a, driver, device, "check");
+fn check_one(a: &CheckArgs, driver: &str, device: &Device) -> (Vec<TestResult>, Vec<Failure>) {
+    let cfg = config(&a.vm, driver, device, "check");
     eprintln!(
         ">> boot: driver {driver}, device {} ({} accel)",
         device.name(),
-        a.accel
+        a.vm.accel
     );
+    let pb = spinner("booting");
     let mut vm = match Vm::start(&cfg) {
         Ok(vm) => vm,
         Err(e) => return (vec![fail("boot", e.to_string())], vec![]),
@@ -231,7 +150,11 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> (Vec<TestResult>, Vec<F
         let why = format!("no @@BOOTED line; console in {}", vm.log_path.display());
         return (vec![fail("boot", why)], vec![]);
     };
-    eprintln!("   {booted} ({:.1}s)", vm.started.elapsed().as_secs_f64());
+    say(
+        &pb,
+        format!("   {booted} ({:.1}s)", vm.started.elapsed().as_secs_f64()),
+    );
+    pb.set_message("running the tests");
 
     // Run until the guest powers off. A test that shows no result line for
     // test_timeout seconds is a hang: stop the guest.
@@ -244,12 +167,21 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> (Vec<TestResult>, Vec<F
             Ok(Some(l)) => {
                 let l = l.to_string();
                 let content = l.trim_start_matches("# ");
-                if ktap::parse_result(content).is_some() {
+                let result = ktap::parse_result(content).is_some();
+                if result {
                     last_progress = Instant::now();
+                }
+                // The spinner names the test that runs or the last result.
+                if result || content.contains(" RUN ") {
+                    pb.set_message(content.split_whitespace().collect::<Vec<_>>().join(" "));
                 }
                 if l.starts_with("@@KSFT-DONE") {
                     done = true;
-                    eprintln!("   {l} ({:.1}s)", vm.started.elapsed().as_secs_f64());
+                    say(
+                        &pb,
+                        format!("   {l} ({:.1}s)", vm.started.elapsed().as_secs_f64()),
+                    );
+                    pb.set_message("powering off");
                     last_progress = Instant::now();
                 }
                 if l.starts_with("@@POWEROFF") {
@@ -260,10 +192,10 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> (Vec<TestResult>, Vec<F
             Ok(None) => {}
             Err(()) => break,
         }
-        if last_progress.elapsed() > a.test_timeout {
+        if last_progress.elapsed() > Duration::from_secs(a.test_timeout) {
             verdict = Some(format!(
                 "no test result for {}s: killed the guest",
-                a.test_timeout.as_secs()
+                a.test_timeout
             ));
             break;
         }
@@ -277,7 +209,11 @@ fn check_one(a: &Args, driver: &str, device: &Device) -> (Vec<TestResult>, Vec<F
     } else {
         vm.finish(Duration::from_secs(5));
     }
-    eprintln!("   done ({:.1}s)", vm.started.elapsed().as_secs_f64());
+    say(
+        &pb,
+        format!("   done ({:.1}s)", vm.started.elapsed().as_secs_f64()),
+    );
+    pb.finish_and_clear();
     // KUnit runs in the kernel before init; the kselftests after it.
     let init = vm
         .log
@@ -450,12 +386,13 @@ const MID_RESET_AT: i64 = 256 << 20;
 /// and while it inflates) and the driver of the new boot inflates to it again, which the
 /// guest's own MemTotal in guest-stats confirms (QEMU's `actual` alone could be a stale
 /// value from before the reset); the guest powers off with the balloon inflated.
-fn host_checks(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
+fn host_checks(a: &VmArgs, driver: &str, device: &Device) -> Vec<TestResult> {
     let cfg = config(a, driver, device, "idle");
     eprintln!(
         ">> boot: driver {driver}, device {}: host checks",
         device.name()
     );
+    let pb = spinner("booting");
     let mut vm = match Vm::start(&cfg) {
         Ok(vm) => vm,
         Err(e) => return vec![fail("host: boot", e.to_string())],
@@ -490,6 +427,7 @@ fn host_checks(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
         row("host: boot", Err(e));
     } else {
         // 1. system_reset with the balloon inflated.
+        pb.set_message("system_reset with the balloon inflated");
         let mut reset = || -> Result<(i64, i64), String> {
             reach(&vm, ram - RESET_BALLOON)?;
             let before = fresh_total(&vm)?;
@@ -520,6 +458,7 @@ fn host_checks(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
         row("host: balloon re-inflates after system_reset", settled);
 
         // 2. system_reset while the balloon inflates.
+        pb.set_message("system_reset while the balloon inflates");
         let mid = (|| -> Result<String, String> {
             let target = ram - MID_BALLOON;
             vm.qmp
@@ -562,21 +501,26 @@ fn host_checks(a: &Args, driver: &str, device: &Device) -> Vec<TestResult> {
         );
 
         // 3. Power-off with the balloon inflated (to MID_BALLOON, or whatever is left of it).
+        pb.set_message("poweroff with the balloon inflated");
         let off = (|| -> Result<String, String> {
             vm.console_write("poweroff").map_err(|e| e.to_string())?;
             let took = vm.wait_exit(POWEROFF_TIMEOUT).ok_or(format!(
                 "QEMU still runs {}s after the guest was told to power off",
                 POWEROFF_TIMEOUT.as_secs()
             ))?;
-            eprintln!(
-                "   poweroff with the balloon inflated: QEMU exited after {} ms",
-                took.as_millis()
+            say(
+                &pb,
+                format!(
+                    "   poweroff with the balloon inflated: QEMU exited after {} ms",
+                    took.as_millis()
+                ),
             );
             Ok(format!("{} ms", took.as_millis()))
         })();
         row("host: poweroff with the balloon inflated", off);
     }
     vm.finish(Duration::from_secs(1));
+    pb.finish_and_clear();
     results.push(log_clean(&vm));
     results
 }
@@ -601,13 +545,13 @@ fn log_clean(vm: &Vm) -> TestResult {
     }
 }
 
-fn check(a: &Args) -> ExitCode {
+fn check(a: &CheckArgs) -> ExitCode {
     let start = Instant::now();
     let mut rows = Vec::new();
     let mut failures: Vec<Failure> = Vec::new();
     let mut flaky: Vec<Failure> = Vec::new();
-    for driver in &a.drivers {
-        for device in &a.devices {
+    for driver in &a.vm.drivers {
+        for device in &a.vm.devices {
             let (mut results, mut failed) = check_one(a, driver, device);
             let first: Vec<TestResult> = results
                 .iter()
@@ -616,7 +560,7 @@ fn check(a: &Args) -> ExitCode {
                 .collect();
             // A boot that failed runs once more. A failure that does not come back is
             // reported as flaky (a race to look into), not hidden; one that does fails.
-            if !first.is_empty() && a.retry {
+            if !first.is_empty() && !a.no_retry {
                 eprintln!(
                     ">> {} failed: booting {driver}, {} once more",
                     first
@@ -654,8 +598,8 @@ fn check(a: &Args) -> ExitCode {
                 });
             }
         }
-        let device = &a.devices[0];
-        for result in host_checks(a, driver, device) {
+        let device = &a.vm.devices[0];
+        for result in host_checks(&a.vm, driver, device) {
             rows.push(Row {
                 driver: driver.clone(),
                 device: device.name(),
@@ -697,7 +641,7 @@ fn check(a: &Args) -> ExitCode {
     );
     println!(
         "\nconsole logs in {}; suite time {:.0}s",
-        a.log_dir.display(),
+        a.vm.log_dir.display(),
         start.elapsed().as_secs_f64()
     );
     let skipped = if s > 0 {
@@ -762,21 +706,32 @@ fn guest_view(line: &str) -> Option<(u64, u64)> {
     Some((get("MemTotal:")?, get("Balloon:")?))
 }
 
-/// How far the balloon has moved from `from` towards `to` (bytes), 0 to 1.
-fn progress(from: u64, now: u64, to: u64) -> f64 {
-    if from == to {
-        return 1.0;
-    }
-    (now as f64 - from as f64) / (to as f64 - from as f64)
+/// How far the balloon has moved from `from` towards `to` (bytes): (moved, distance) in MiB,
+/// with a move the wrong way counted as none and one past `to` as all the way.
+fn moved_mib(from: u64, now: u64, to: u64) -> (u64, u64) {
+    let distance = from.abs_diff(to);
+    let moved = if (now >= from) == (to >= from) {
+        from.abs_diff(now).min(distance)
+    } else {
+        0
+    };
+    (moved >> 20, distance >> 20)
 }
 
-fn bar(frac: f64, width: usize) -> String {
-    let n = ((frac.clamp(0.0, 1.0)) * width as f64).round() as usize;
-    format!("[{}{}]", "#".repeat(n), ".".repeat(width - n))
+/// The guest's own view, from its latest `@@GUEST` line.
+fn guest_text(guest: Option<(u64, u64)>) -> String {
+    match guest {
+        Some((total, balloon)) => format!(
+            "guest Balloon {:4} MiB, MemTotal {:5} MiB",
+            balloon / 1024,
+            total / 1024
+        ),
+        None => "guest: no sample yet".into(),
+    }
 }
 
 /// Boots in demo mode; returns the bound driver ("none" if none) and the VM.
-fn demo_boot(a: &Args, driver: &str) -> Result<(String, Vm), String> {
+fn demo_boot(a: &VmArgs, driver: &str) -> Result<(String, Vm), String> {
     let cfg = config(a, driver, &a.devices[0], "demo");
     println!(
         "booting a {} MiB guest with {driver} ({} accel, device {})...",
@@ -803,9 +758,23 @@ fn demo_boot(a: &Args, driver: &str) -> Result<(String, Vm), String> {
     Ok((name, vm))
 }
 
-fn demo(a: &Args) -> ExitCode {
-    let mut driver = a.drivers[0].clone();
-    let (mut bound, mut vm) = match demo_boot(a, &driver) {
+/// The demo's bar on stdout for one move of the balloon: MiB moved of the way to the target,
+/// host and guest views in the message. Hidden where stdout is no terminal.
+fn demo_bar(distance_mib: u64) -> ProgressBar {
+    let style =
+        ProgressStyle::with_template("  {secs}  [{bar:20}] {pos:>3}/{len} MiB moved  {msg}")
+            .expect("a valid template")
+            .progress_chars("#>.")
+            .with_key("secs", |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = write!(w, "{:5.1}s", s.elapsed().as_secs_f64());
+            });
+    ProgressBar::with_draw_target(Some(distance_mib), ProgressDrawTarget::stdout())
+        .with_style(style)
+}
+
+fn demo(a: &DemoArgs) -> ExitCode {
+    let mut driver = a.vm.drivers[0].clone();
+    let (mut bound, mut vm) = match demo_boot(&a.vm, &driver) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("demo: {e}");
@@ -822,7 +791,7 @@ fn demo(a: &Args) -> ExitCode {
         println!("Showing the same demo with {fb}, the C driver, instead.\n");
         drop(vm);
         driver = fb.clone();
-        match demo_boot(a, &driver) {
+        match demo_boot(&a.vm, &driver) {
             Ok((b, v)) => (bound, vm) = (b, v),
             Err(e) => {
                 eprintln!("demo: {e}");
@@ -838,7 +807,7 @@ fn demo(a: &Args) -> ExitCode {
         }
     }
     let mib = 1u64 << 20;
-    let ram = a.mem * mib;
+    let ram = a.vm.mem * mib;
     let steps = [ram - 256 * mib, ram - 512 * mib, ram - 256 * mib, ram];
     let mut guest: Option<(u64, u64)> = None;
     for target in steps {
@@ -854,6 +823,8 @@ fn demo(a: &Args) -> ExitCode {
         }
         let start = Instant::now();
         let from = ram - (qmp.lock().unwrap().actual().unwrap_or(0) as u64).min(ram);
+        let want = ram - target;
+        let pb = demo_bar(moved_mib(from, from, want).1);
         let mut last_print = Instant::now() - Duration::from_secs(1);
         loop {
             while let Ok(Some(l)) = vm.next_line(Duration::from_millis(10)) {
@@ -862,32 +833,27 @@ fn demo(a: &Args) -> ExitCode {
                 }
             }
             let actual = qmp.lock().unwrap().actual().unwrap_or(-1) as u64;
-            let (want, have) = (ram - target, ram - actual.min(ram));
-            let frac = progress(from, have, want);
-            let reached = actual == target && guest.is_some_and(|g| g.1 * 1024 == ram - target);
-            if reached || last_print.elapsed() > Duration::from_millis(500) {
-                let guest_s = match guest {
-                    Some((total, balloon)) => {
-                        format!(
-                            "guest Balloon {:4} MiB, MemTotal {:5} MiB",
-                            balloon / 1024,
-                            total / 1024
-                        )
-                    }
-                    None => "guest: no sample yet".into(),
-                };
+            let (moved, distance) = moved_mib(from, ram - actual.min(ram), want);
+            let reached = actual == target && guest.is_some_and(|g| g.1 * 1024 == want);
+            let host = format!("host actual {:5} MiB", actual / mib);
+            if !pb.is_hidden() {
+                pb.set_position(moved);
+                pb.set_message(format!("{host}  |  {}", guest_text(guest)));
+            } else if reached || last_print.elapsed() > Duration::from_millis(500) {
+                // No terminal: a line every 500 ms, as a log can keep them.
                 println!(
-                    "  {:5.1}s  host actual {:5} MiB {}  |  {guest_s}",
+                    "  {:5.1}s  {host}  moved {moved:3}/{distance} MiB  |  {}",
                     start.elapsed().as_secs_f64(),
-                    actual / mib,
-                    bar(frac, 20),
+                    guest_text(guest)
                 );
                 last_print = Instant::now();
             }
             if reached {
+                pb.finish();
                 break;
             }
             if start.elapsed() > Duration::from_secs(120) {
+                pb.abandon();
                 eprintln!("demo: the balloon did not reach the target in 120s");
                 return ExitCode::FAILURE;
             }
@@ -901,7 +867,7 @@ fn demo(a: &Args) -> ExitCode {
 /// `@@BENCH DRIVER inflate_ms=N deflate_ms=N`
 /// The benchmark: both drivers take turns in one boot (see `bench.rs` and init's `bench`).
 /// The first driver is the reference the others are compared with.
-fn bench(a: &Args) -> ExitCode {
+fn bench(a: &BenchArgs) -> ExitCode {
     let limit = match &a.discard_prog {
         Some(p) => match bench::discard_limit(p, 1024) {
             Ok(l) => Some(l),
@@ -912,16 +878,16 @@ fn bench(a: &Args) -> ExitCode {
         },
         None => None,
     };
-    let mut device = a.devices[0].clone();
+    let mut device = a.vm.devices[0].clone();
     device.guest_args.push(format!("vb.rounds={}", a.rounds));
-    let cfg = config(a, &a.drivers.join(","), &device, "bench");
+    let cfg = config(&a.vm, &a.vm.drivers.join(","), &device, "bench");
     eprintln!(
         ">> bench: {} MiB guest, {} CPUs, drivers {}, {} rounds, {} accel",
-        a.mem,
+        a.vm.mem,
         cfg.cpus,
-        a.drivers.join(", "),
+        a.vm.drivers.join(", "),
         a.rounds,
-        a.accel
+        a.vm.accel
     );
     let mut vm = match Vm::start(&cfg) {
         Ok(vm) => vm,
@@ -931,7 +897,7 @@ fn bench(a: &Args) -> ExitCode {
         }
     };
     // About 40 s a round per driver under TCG; the guest halts after its last run.
-    let limit_s = 120 + 120 * a.rounds * a.drivers.len() as u64;
+    let limit_s = 120 + 120 * a.rounds * a.vm.drivers.len() as u64;
     let done = vm
         .wait_for("@@BENCH-DONE", Duration::from_secs(limit_s))
         .is_some();
@@ -940,11 +906,11 @@ fn bench(a: &Args) -> ExitCode {
         eprintln!("bench: {l}");
     }
     let runs: Vec<bench::Run> = vm.log.iter().filter_map(|l| bench::parse_line(l)).collect();
-    let missing: Vec<&String> = a
-        .drivers
-        .iter()
-        .filter(|d| !runs.iter().any(|r| &r["drv"] == *d))
-        .collect();
+    let missing: Vec<&String> =
+        a.vm.drivers
+            .iter()
+            .filter(|d| !runs.iter().any(|r| &r["drv"] == *d))
+            .collect();
     if !done || !missing.is_empty() {
         eprintln!(
             "bench: {}; console in {}",
@@ -957,17 +923,17 @@ fn bench(a: &Args) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let table = bench::table(&runs, &a.drivers);
+    let table = bench::table(&runs, &a.vm.drivers);
     println!(
         "\n{} rounds, {} MiB guest, {} vCPUs, {} accel; {} runs",
         a.rounds,
-        a.mem,
+        a.vm.mem,
         cfg.cpus,
-        a.accel,
+        a.vm.accel,
         runs.len()
     );
     print!("{}", table.print(limit));
-    let out = &a.out_dir;
+    let out = &a.out_dir();
     let traces = vm.traces.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let written = std::fs::create_dir_all(out)
         .and_then(|_| {
@@ -980,7 +946,7 @@ fn bench(a: &Args) -> ExitCode {
         .and_then(|_| std::fs::write(out.join("bench.csv"), bench::csv(&runs)))
         .and_then(|_| std::fs::write(out.join("bench.txt"), table.print(limit)))
         .map_err(|e| e.to_string())
-        .and_then(|_| bench::plot(&out.join("bench.svg"), &runs, &a.drivers, &traces));
+        .and_then(|_| bench::plot(&out.join("bench.svg"), &runs, &a.vm.drivers, &traces));
     match written {
         Ok(()) => {
             println!(
@@ -997,26 +963,10 @@ fn bench(a: &Args) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.is_empty() || argv[0] == "--help" || argv[0] == "-h" {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let a = match parse_args(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("balloon-vmtest: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match a.cmd.as_str() {
-        "check" => check(&a),
-        "demo" => demo(&a),
-        "bench" => bench(&a),
-        c => {
-            eprintln!("balloon-vmtest: unknown command {c}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
+    match Cli::parse().cmd {
+        Cmd::Check(a) => check(&a),
+        Cmd::Demo(a) => demo(&a),
+        Cmd::Bench(a) => bench(&a),
     }
 }
 
@@ -1029,46 +979,23 @@ mod tests {
     }
 
     #[test]
-    fn args() {
-        let a = parse_args(&s(&[
-            "check",
-            "--kernel",
-            "k",
-            "--initrd",
-            "i",
-            "--driver",
-            "a",
-            "--driver",
-            "b",
-            "--device",
-            "deflate-on-oom",
-        ]))
-        .unwrap();
-        assert_eq!(a.drivers, vec!["a", "b"]);
-        assert!(a.devices[0].deflate_on_oom);
-        assert_eq!(a.accel, "tcg");
-        assert!(parse_args(&s(&["check", "--kernel", "k"])).is_err());
-        assert!(parse_args(&s(&[
-            "check", "--kernel", "k", "--initrd", "i", "--mem", "x"
-        ]))
-        .is_err());
+    fn moved_both_ways() {
+        let m = 1 << 20;
+        assert_eq!(moved_mib(0, 0, 100 * m), (0, 100));
+        assert_eq!(moved_mib(0, 50 * m, 100 * m), (50, 100));
+        assert_eq!(moved_mib(512 * m, 384 * m, 256 * m), (128, 256));
+        assert_eq!(moved_mib(512 * m, 600 * m, 256 * m), (0, 256));
+        assert_eq!(moved_mib(512 * m, 200 * m, 256 * m), (256, 256));
+        assert_eq!(moved_mib(7, 7, 7), (0, 0));
     }
 
     #[test]
-    fn usage_lists_every_preset() {
-        let usage = USAGE.split_whitespace().collect::<Vec<_>>().join(" ");
-        for (name, _) in vm::PRESETS {
-            assert!(usage.contains(name), "{name} missing from USAGE");
-        }
-    }
-
-    #[test]
-    fn progress_both_ways() {
-        assert_eq!(progress(0, 0, 100), 0.0);
-        assert_eq!(progress(0, 50, 100), 0.5);
-        assert_eq!(progress(512, 384, 256), 0.5);
-        assert_eq!(progress(7, 7, 7), 1.0);
-        assert_eq!(bar(0.5, 4), "[##..]");
+    fn guest_sample() {
+        assert_eq!(guest_text(None), "guest: no sample yet");
+        assert_eq!(
+            guest_text(Some((768 * 1024, 256 * 1024))),
+            "guest Balloon  256 MiB, MemTotal   768 MiB"
+        );
     }
 
     #[test]
