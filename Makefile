@@ -67,7 +67,7 @@ selftests: kernel
 		USERCFLAGS=-static install >/dev/null
 
 initramfs: selftests
-	@scripts/mkinitramfs.sh $(INITRD) $(HARNESS_DIR)/guest/init $(KSFT) $(MODULES)
+	@scripts/mkinitramfs.sh $(INITRD) $(HARNESS_DIR)/guest/init.sh $(KSFT) $(MODULES)
 
 harness: setup
 	@$(CARGO) build --release -q --manifest-path $(HARNESS_DIR)/Cargo.toml
@@ -120,7 +120,7 @@ $(CACHE)/bin/discard_limit: $(HARNESS_DIR)/host/discard_limit.c
 	@mkdir -p $(@D) && $(CC) -O2 -Wall -Wextra -o $@ $<
 
 bench: release-kernel harness $(CACHE)/bin/sleeplat $(CACHE)/bin/discard_limit
-	@scripts/mkinitramfs.sh $(RELEASE_INITRD) $(HARNESS_DIR)/guest/init - \
+	@scripts/mkinitramfs.sh $(RELEASE_INITRD) $(HARNESS_DIR)/guest/init.sh - \
 		$(RELEASE)/drivers/virtio/virtio_balloon.ko $(RELEASE)/drivers/virtio/virtio_balloon_rust/virtio_balloon_rust.ko \
 		$(CACHE)/bin/sleeplat
 	@$(HARNESS) bench --kernel $(RELEASE)/arch/x86/boot/bzImage --initrd $(RELEASE_INITRD) \

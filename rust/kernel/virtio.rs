@@ -8,11 +8,10 @@
 //! A virtio driver implements [`Driver`] and registers with
 //! [`module_virtio_driver!`](crate::module_virtio_driver). The bus calls it in these contexts:
 //!
-//! | callback | context |
-//! |---|---|
-//! | [`Driver::validate`], [`Driver::probe`], [`Driver::ready`], [`Driver::unbind`], [`Driver::shutdown`], [`Driver::freeze`], [`Driver::restore`] | process context, may sleep |
-//! | [`Driver::config_changed`] | atomic (under the device's config spinlock) |
-//! | [`Driver::queue_done`] | hard interrupt |
+//! - process context, may sleep: [`Driver::validate`], [`Driver::probe`], [`Driver::ready`],
+//!   [`Driver::unbind`], [`Driver::shutdown`], [`Driver::freeze`], [`Driver::restore`];
+//! - atomic (under the device's config spinlock): [`Driver::config_changed`];
+//! - hard interrupt: [`Driver::queue_done`].
 //!
 //! The atomic callbacks get no device, and must not sleep: queue operations and config
 //! accesses (which take a mutex) are for process context; typically they queue work.
@@ -619,7 +618,11 @@ impl<T: Driver + 'static> QueueFinder<T> {
             pin_init!(Transport {
                 vdev,
                 config_size: size_of::<T::Config>(),
-                state <- new_mutex!(State { alive: false, bus_ref: false, queues: [None; MAX_QUEUES] }),
+                state <- new_mutex!(State {
+                    alive: false,
+                    bus_ref: false,
+                    queues: [None; MAX_QUEUES],
+                }),
                 used <- new_spinlock_irq!(0),
                 used_cv <- new_condvar!(),
             }),

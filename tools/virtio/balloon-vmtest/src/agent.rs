@@ -5,29 +5,40 @@
 //! an id (`#123.4 target 1024`); the answer then starts with the same id, so
 //! a guest test never takes an answer meant for an earlier, killed test.
 //!
-//! | request          | answer                                            |
-//! |------------------|---------------------------------------------------|
-//! | `ram`            | guest RAM in bytes as configured                  |
-//! | `actual`         | `query-balloon` actual, bytes                     |
-//! | `device`         | `deflate-on-oom=0/1 free-page-reporting=0/1 free-page-hint=0/1 page-poison=0/1 stats-interval=N` |
-//! | `target BYTES`   | sets the balloon and waits for actual == BYTES: `ACTUAL ms=ELAPSED` |
-//! | `bench-target BYTES` | as `target`, timed for the benchmark: `ms=Q event_ms=E vcpu_ms=V qemu_ms=O trace=N` (see `bench.rs`) |
-//! | `set BYTES`      | sets the balloon target and answers at once       |
-//! | `stats-cadence INTERVAL SECONDS` | polls guest-stats at INTERVAL s for SECONDS s: `updates=N min-gap=G max-gap=H` |
-//! | `stats`          | a fresh `guest-stats` as `stat-NAME=VALUE ...`; polling goes back to the device's interval afterwards |
-//! | `rss`            | QEMU's resident set size, bytes                   |
-//! | `migrate`        | migrates to a sink, resumes; bytes transferred    |
-//! | `migrate-start BPS` | sets max-bandwidth to BPS bytes/s, starts a migration to a sink, answers at once; the VM resumes by itself when it completes |
-//! | `migrate-status` | `status=S transferred=N normal=N duplicate=N remaining=N` |
-//! | `migrate-wait BPS` | sets max-bandwidth to BPS (0: unchanged), waits for the end, resumes, puts the bandwidth back: `status=completed transferred=N ... ms=WAITED` |
-//! | `reset`          | answers, then resets the machine                  |
-//! | `wait MS`        | answers after MS milliseconds                     |
-//! | `pause MS`       | stops the VM (QMP `stop`), waits MS ms (at most 60000), resumes it (`cont`): `ms=STOPPED`; the guest is frozen meanwhile, so the answer comes after `cont` |
-//! | `wake-after-suspend` | answers at once; a host thread polls `query-status` until the VM is `suspended` (the guest entered ACPI S3) and sends `system_wakeup` (gives up after 60 s) |
-//! | `wake-idle MS`   | answers at once; a host thread presses the ACPI power button MS ms (100 to 60000) later and every MS ms after that, until `wake-status` (at most 60 s): the guest's wake source from suspend-to-idle, which QEMU cannot see |
-//! | `wake-status`    | stops the wake thread and reports it: `woke=0/1 ms=N presses=N` (`ms`: from the wake request to `system_wakeup` or the first press; -1 when none) |
-//! | `unplug`         | `device_del` of the balloon (ACPI PCI hotplug), waits for its `DEVICE_DELETED` (60 s): `ms=ELAPSED` |
-//! | `plug`           | `device_add` of a balloon with the boot's properties: `ms=ELAPSED` (the guest binds it by itself) |
+//! - `ram`: guest RAM in bytes as configured
+//! - `actual`: `query-balloon` actual, bytes
+//! - `device`: `deflate-on-oom=0/1 free-page-reporting=0/1 free-page-hint=0/1 page-poison=0/1
+//!   stats-interval=N`
+//! - `target BYTES`: sets the balloon and waits for actual == BYTES: `ACTUAL ms=ELAPSED`
+//! - `bench-target BYTES`: as `target`, timed for the benchmark: `ms=Q event_ms=E vcpu_ms=V
+//!   qemu_ms=O trace=N` (see `bench.rs`)
+//! - `set BYTES`: sets the balloon target and answers at once
+//! - `stats-cadence INTERVAL SECONDS`: polls guest-stats at INTERVAL s for SECONDS s: `updates=N
+//!   min-gap=G max-gap=H`
+//! - `stats`: a fresh `guest-stats` as `stat-NAME=VALUE ...`; polling goes back to the device's
+//!   interval afterwards
+//! - `rss`: QEMU's resident set size, bytes
+//! - `migrate`: migrates to a sink, resumes; bytes transferred
+//! - `migrate-start BPS`: sets max-bandwidth to BPS bytes/s, starts a migration to a sink, answers
+//!   at once; the VM resumes by itself when it completes
+//! - `migrate-status`: `status=S transferred=N normal=N duplicate=N remaining=N`
+//! - `migrate-wait BPS`: sets max-bandwidth to BPS (0: unchanged), waits for the end, resumes, puts
+//!   the bandwidth back: `status=completed transferred=N ... ms=WAITED`
+//! - `reset`: answers, then resets the machine
+//! - `wait MS`: answers after MS milliseconds
+//! - `pause MS`: stops the VM (QMP `stop`), waits MS ms (at most 60000), resumes it (`cont`):
+//!   `ms=STOPPED`; the guest is frozen meanwhile, so the answer comes after `cont`
+//! - `wake-after-suspend`: answers at once; a host thread polls `query-status` until the VM is
+//!   `suspended` (the guest entered ACPI S3) and sends `system_wakeup` (gives up after 60 s)
+//! - `wake-idle MS`: answers at once; a host thread presses the ACPI power button MS ms (100 to
+//!   60000) later and every MS ms after that, until `wake-status` (at most 60 s): the guest's wake
+//!   source from suspend-to-idle, which QEMU cannot see
+//! - `wake-status`: stops the wake thread and reports it: `woke=0/1 ms=N presses=N` (`ms`: from the
+//!   wake request to `system_wakeup` or the first press; -1 when none)
+//! - `unplug`: `device_del` of the balloon (ACPI PCI hotplug), waits for its `DEVICE_DELETED` (60
+//!   s): `ms=ELAPSED`
+//! - `plug`: `device_add` of a balloon with the boot's properties: `ms=ELAPSED` (the guest binds it
+//!   by itself)
 
 use crate::bench::{self, Traces};
 use crate::qmp::Monitor;

@@ -118,7 +118,8 @@ static inline int find_balloon(char *dev, size_t len)
 		if (e->d_name[0] == '.')
 			continue;
 		snprintf(path, sizeof(path), "/sys/bus/virtio/devices/%s/device", e->d_name);
-		if (read_line(path, id, sizeof(id)) == 0 && strtol(id, NULL, 0) == VIRTIO_ID_BALLOON) {
+		if (read_line(path, id, sizeof(id)) == 0 &&
+		    strtol(id, NULL, 0) == VIRTIO_ID_BALLOON) {
 			snprintf(dev, len, "/sys/bus/virtio/devices/%.200s", e->d_name);
 			found = 1;
 		}

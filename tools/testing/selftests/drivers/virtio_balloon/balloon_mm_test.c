@@ -717,7 +717,7 @@ TEST_F_TIMEOUT(hint, shrinker_returns_blocks_during_migration, 400)
 	TH_LOG("MemFree %lld MiB before the migration, %lld MiB with %lld MiB hinted; host: %s",
 	       free0 / MIB, free_mid / MIB, held * page / MIB, c->why);
 	ASSERT_LT(0, held) TH_LOG("the guest holds no hinted blocks");
-	ASSERT_TRUE(strstr(c->why, "status=active") != NULL) {
+	ASSERT_NE(NULL, strstr(c->why, "status=active")) {
 		TH_LOG("the migration ended before the guest could be pressed");
 	}
 	EXPECT_GT(free0 - 128 * MIB, free_mid) TH_LOG("MemFree did not drop");
@@ -736,7 +736,8 @@ TEST_F_TIMEOUT(hint, shrinker_returns_blocks_during_migration, 400)
 	EXPECT_EQ(oom0, proc_vmstat("oom_kill"));
 	EXPECT_GT(held, held_after) TH_LOG("the shrinker gave nothing back");
 
-	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "migrate-wait %lld", BALLOON_FAST_BW)) {
+	ASSERT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "migrate-wait %lld",
+			      BALLOON_FAST_BW)) {
 		TH_LOG("host 'migrate-wait': %s", c->why);
 	}
 	c->migrating = 0;

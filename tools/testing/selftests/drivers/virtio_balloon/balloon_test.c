@@ -41,7 +41,8 @@ FIXTURE_TEARDOWN(balloon)
 {
 	if (self->b.host >= 0) {
 		/* Leave the guest at full size whatever happened. */
-		host_num(self->b.host, self->b.why, sizeof(self->b.why), "target %lld", self->b.ram);
+		host_num(self->b.host, self->b.why, sizeof(self->b.why), "target %lld",
+			 self->b.ram);
 		close(self->b.host);
 	}
 }
@@ -52,7 +53,8 @@ static int wait_balloon(struct balloon_ctx *self, long long bytes, int secs)
 	for (int i = 0; i < secs * 10; i++) {
 		refresh_counters();
 		if (proc_meminfo("Balloon") == bytes &&
-		    host_num(self->host, self->why, sizeof(self->why), "actual") == self->ram - bytes)
+		    host_num(self->host, self->why, sizeof(self->why), "actual") ==
+			    self->ram - bytes)
 			return 0;
 		usleep(100 * 1000);
 	}
@@ -220,7 +222,8 @@ TEST_F_TIMEOUT(balloon, steps_reach_exact_targets, 600)
 		ASSERT_EQ(0, balloon_to(_metadata, &self->b, bytes));
 		expect_balloon(_metadata, &self->b, bytes, total0);
 		EXPECT_EQ(bytes / page,
-			  (proc_vmstat("balloon_inflate") - in0) - (proc_vmstat("balloon_deflate") - de0));
+			  (proc_vmstat("balloon_inflate") - in0) -
+			  (proc_vmstat("balloon_deflate") - de0));
 	}
 }
 
@@ -245,7 +248,8 @@ TEST_F_TIMEOUT(balloon, oversized_target_takes_what_it_can, 600)
 	refresh_counters();
 	total0 = proc_meminfo("MemTotal");
 	oom0 = proc_vmstat("oom_kill");
-	ASSERT_EQ(0, host_req(self->b.host, self->b.why, sizeof(self->b.why), "set %lld", 4 * MIB)) {
+	ASSERT_EQ(0, host_req(self->b.host, self->b.why, sizeof(self->b.why), "set %lld",
+			      4 * MIB)) {
 		TH_LOG("host 'set': %s", self->b.why);
 	}
 	/* Until the balloon stops growing for 5 s (at most 3 min). */
@@ -267,7 +271,8 @@ TEST_F_TIMEOUT(balloon, oversized_target_takes_what_it_can, 600)
 	EXPECT_LT(self->b.ram / 2, cur);
 	/* "Within seconds": a liveness bound, not a speed target. */
 	EXPECT_GT(10000, slowest);
-	EXPECT_EQ(self->b.ram - cur, host_num(self->b.host, self->b.why, sizeof(self->b.why), "actual"));
+	EXPECT_EQ(self->b.ram - cur,
+		  host_num(self->b.host, self->b.why, sizeof(self->b.why), "actual"));
 	EXPECT_EQ(oom0, proc_vmstat("oom_kill"));
 
 	ASSERT_EQ(0, balloon_to(_metadata, &self->b, 0));
@@ -331,7 +336,8 @@ TEST_F_TIMEOUT(balloon, target_reversal_mid_change, 300)
 	total0 = proc_meminfo("MemTotal");
 	ASSERT_EQ(0, set_below(c, big)) TH_LOG("host 'set': %s", c->why);
 	at_inflate = wait_between(0, big, 60);
-	ASSERT_LT(0, at_inflate) TH_LOG("the balloon never showed between 0 and %lld MiB", big / MIB);
+	ASSERT_LT(0, at_inflate)
+		TH_LOG("the balloon never showed between 0 and %lld MiB", big / MIB);
 	/*
 	 * The host cannot tell when a change ends: right after the turn,
 	 * `actual` may still show a value the balloon passed on its way and
@@ -344,7 +350,8 @@ TEST_F_TIMEOUT(balloon, target_reversal_mid_change, 300)
 	ASSERT_EQ(0, balloon_to(_metadata, c, big));
 	ASSERT_EQ(0, set_below(c, 0)) TH_LOG("host 'set': %s", c->why);
 	at_deflate = wait_between(0, back, 60);
-	ASSERT_LT(0, at_deflate) TH_LOG("the balloon never showed between 0 and %lld MiB", back / MIB);
+	ASSERT_LT(0, at_deflate)
+		TH_LOG("the balloon never showed between 0 and %lld MiB", back / MIB);
 	ASSERT_EQ(0, balloon_to(_metadata, c, back));
 	ASSERT_EQ(0, wait_balloon(c, back, 60));
 	expect_balloon(_metadata, c, back, total0);
@@ -442,7 +449,8 @@ TEST_F_TIMEOUT(polling, stats_follow_interval, 120)
 {
 	long long n, lo, hi;
 
-	ASSERT_EQ(0, host_req(self->b.host, self->b.why, sizeof(self->b.why), "stats-cadence 2 11")) {
+	ASSERT_EQ(0, host_req(self->b.host, self->b.why, sizeof(self->b.why),
+			      "stats-cadence 2 11")) {
 		TH_LOG("host 'stats-cadence': %s", self->b.why);
 	}
 	n = kv(self->b.why, "updates");

@@ -24,11 +24,11 @@
 
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mount -t debugfs debugfs /sys/kernel/debug
-mount -t tmpfs tmpfs /tmp
+mount -t proc none /proc
+mount -t sysfs none /sys
+mount -t devtmpfs none /dev 2>/dev/null
+mount -t debugfs none /sys/kernel/debug
+mount -t tmpfs none /tmp
 ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
@@ -102,7 +102,8 @@ bench() {
 			done
 			bench_step "$drv" $r small-inflate 16 $((ram - 16 * 1048576))
 			bench_step "$drv" $r small-deflate 16 "$ram"
-			echo "@@BENCH drv=$drv round=$r op=latency-idle mib=3072 $(with_sleeplat sleep 2)"
+			l=$(with_sleeplat sleep 2)
+			echo "@@BENCH drv=$drv round=$r op=latency-idle mib=3072 $l"
 			l=$(with_sleeplat req bench-target $((ram - 3072 * 1048576)) | tr '\n' ' ')
 			echo "@@BENCH drv=$drv round=$r op=latency mib=3072 $l"
 			req target "$ram" >/dev/null
@@ -212,7 +213,8 @@ idle)
 	;;
 demo)
 	while :; do
-		echo "@@GUEST $(awk '/^(MemTotal|MemFree|Balloon):/ {printf "%s%s ", $1, $2}' /proc/meminfo)"
+		m=$(awk '/^(MemTotal|MemFree|Balloon):/ {printf "%s%s ", $1, $2}' /proc/meminfo)
+		echo "@@GUEST $m"
 		sleep 0.2
 	done
 	;;
