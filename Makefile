@@ -37,6 +37,12 @@ HARNESS := $(CACHE)/cargo/release/balloon-vmtest
 FRAGMENTS := kernel/configs/virtio_balloon_guest.config kernel/configs/virtio_balloon_debug.config
 RELEASE := $(CACHE)/build/release
 RELEASE_INITRD := $(CACHE)/initramfs-release.cpio.gz
+BUILTIN := $(CACHE)/build/builtin
+BUILTIN_INITRD := $(CACHE)/initramfs-builtin.cpio.gz
+# What make builtin runs: the core tests that need no module load or unload.
+BUILTIN_TESTS := balloon.driver_bound+balloon.inflate_reaches_target_exactly+$\
+	balloon.deflate_returns_every_page+balloon.host_stats_match_guest+$\
+	balloon.steps_reach_exact_targets+lifecycle.unbind_mid_inflate_returns_every_page
 MODULES := $(BUILD)/drivers/virtio/virtio_balloon.ko $(BUILD)/drivers/virtio/virtio_balloon_rust/virtio_balloon_rust.ko
 VMARGS  := --kernel $(BUILD)/arch/x86/boot/bzImage --initrd $(INITRD) \
 	   --accel $(ACCEL) --mem $(MEM) --log-dir $(LOGS)
@@ -44,7 +50,7 @@ CARGO   := CARGO_TARGET_DIR=$(CACHE)/cargo cargo
 
 .NOTPARALLEL:
 .PHONY: all setup tree kernel selftests initramfs harness harness-test check run bench soak release-kernel \
-	series series-check lint clean help
+	series series-check lint builtin builtin-kernel kunit clean help
 
 all: initramfs harness
 
@@ -89,11 +95,11 @@ lint: series-check
 	@[ -f $(BUILD)/.config ] || $(MAKE) -s kernel
 	@LLVM=$(LLVM) JOBS=$(JOBS) scripts/lint.sh $(TREE) $(BUILD) $(LINT) $(SERIES) $(CACHE)/cargo
 
-# The guest suite, then the lint (which fails the check too).
+# The lint, then the guest suite: both run, and either fails the check.
 check: all harness-test
-	@rc=0; $(HARNESS) check $(VMARGS) $(addprefix --driver ,$(DRIVERS)) \
-		$(addprefix --device ,$(DEVICES)) || rc=1; \
-	$(MAKE) -s --no-print-directory lint || rc=1; exit $$rc
+	@rc=0; $(MAKE) -s --no-print-directory lint || rc=1; \
+	$(HARNESS) check $(VMARGS) $(addprefix --driver ,$(DRIVERS)) \
+		$(addprefix --device ,$(DEVICES)) || rc=1; exit $$rc
 
 SOAK_DEVICE = soak,guest=vb.soak=$(SOAK),guest=vb.flap=$(FLAP),guest=vb.stop=$(STOP),$\
 	kmemleak=on,tests=faults.hinting_and_reporting+soak+stop
@@ -127,11 +133,30 @@ bench: release-kernel harness $(CACHE)/bin/sleeplat $(CACHE)/bin/discard_limit
 		--accel $(ACCEL) --mem 4096 --cpus 2 --rounds $(ROUNDS) --log-dir $(LOGS) \
 		--out $(CACHE)/bench --discard-prog $(CACHE)/bin/discard_limit $(addprefix --driver ,$(DRIVERS))
 
+# The Rust driver built into the kernel and the C driver not built
+# (kernel/configs/virtio_balloon_builtin.config), booted through the core tests.
+builtin-kernel: tree
+	@LLVM=$(LLVM) JOBS=$(JOBS) scripts/build-kernel.sh $(TREE) $(BUILTIN) \
+		kernel/configs/virtio_balloon_guest.config kernel/configs/virtio_balloon_builtin.config
+
+builtin: builtin-kernel selftests harness
+	@scripts/mkinitramfs.sh $(BUILTIN_INITRD) $(HARNESS_DIR)/guest/init.sh $(KSFT)
+	@$(HARNESS) check --kernel $(BUILTIN)/arch/x86/boot/bzImage --initrd $(BUILTIN_INITRD) \
+		--accel $(ACCEL) --mem $(MEM) --log-dir $(LOGS) --driver virtio_balloon_rust \
+		--device kmemleak=off,tests=$(BUILTIN_TESTS)
+
+# The Rust KUnit tests the kernel's way: kunit.py with the driver's .kunitconfig,
+# in a build directory of its own (make check runs them in every debug boot).
+kunit: tree
+	@cd $(TREE) && tools/testing/kunit/kunit.py run --arch=x86_64 \
+		--build_dir=$(CACHE)/build/kunit --make_options LLVM=$(LLVM) --jobs $(JOBS) \
+		--kunitconfig=drivers/virtio/virtio_balloon_rust
+
 clean:
-	rm -rf $(BUILD) $(RELEASE) $(KSFT) $(INITRD) $(RELEASE_INITRD) $(LOGS) $(CACHE)/cargo
+	rm -rf $(BUILD) $(RELEASE) $(BUILTIN) $(CACHE)/build/kunit $(KSFT) $(INITRD) $(RELEASE_INITRD) $(LOGS) $(CACHE)/cargo
 
 help:
-	@echo "make run | check | bench | soak | series | lint | all | kernel | harness | clean"
+	@echo "make run | check | bench | soak | series | lint | builtin | kunit | all | kernel | harness | clean"
 	@echo "  KDIR=$(KDIR)  (empty: Debian's linux-source-7.3, unpacked in CACHE)"
 	@echo "  CACHE=$(CACHE)"
 	@echo "  LLVM=$(LLVM) JOBS=$(JOBS) ACCEL=$(ACCEL) MEM=$(MEM)"

@@ -29,18 +29,30 @@ if [ ! -f "$build/.config" ] || [ "$(cat "$build/.vb-config-sum" 2>/dev/null)" !
 		"${frags[@]/#/$tree/}" >/dev/null
 	"${mk[@]}" olddefconfig >/dev/null
 	bad=0
+	# What the fragments ask for, a later fragment overriding an earlier one
+	# (as merge_config.sh does): "CONFIG_X=v" or "CONFIG_X=n" for "is not set".
+	declare -A want from
 	for f in "${frags[@]}"; do
 		while IFS= read -r line; do
 			case "$line" in
-			CONFIG_*=n)
-				sym=${line%%=*}
-				grep -q "^$sym=" "$build/.config" &&
-					{ echo "   $f: $line, but .config has $(grep "^$sym=" "$build/.config")"; bad=1; } ;;
-			CONFIG_*=*)
-				grep -qx "$line" "$build/.config" ||
-					{ echo "   $f: $line, but .config has: $(grep -E "^(# )?${line%%=*}[= ]" "$build/.config" || echo nothing)"; bad=1; } ;;
+			'# CONFIG_'*' is not set') sym=${line#\# }; sym=${sym%% *}; line=$sym=n ;;
+			CONFIG_*=*) sym=${line%%=*} ;;
+			*) continue ;;
 			esac
+			want[$sym]=$line
+			from[$sym]=$f
 		done < "$tree/$f"
+	done
+	for sym in "${!want[@]}"; do
+		line=${want[$sym]}
+		case "$line" in
+		*=n)
+			grep -q "^$sym=" "$build/.config" &&
+				{ echo "   ${from[$sym]}: $line, but .config has $(grep "^$sym=" "$build/.config")"; bad=1; } ;;
+		*)
+			grep -qx "$line" "$build/.config" ||
+				{ echo "   ${from[$sym]}: $line, but .config has: $(grep -E "^(# )?$sym[= ]" "$build/.config" || echo nothing)"; bad=1; } ;;
+		esac
 	done
 	if [ $bad -ne 0 ]; then
 		echo "build-kernel: the options above did not survive olddefconfig" >&2

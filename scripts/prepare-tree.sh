@@ -34,7 +34,7 @@ if [ ! -f "$work/.vb-src" ] || [ "$(cat "$work/.vb-src")" != "$src" ]; then
 	echo ">> copying $src to $work (hard links)"
 	rm -rf "$work"
 	mkdir -p "$(dirname "$work")"
-	cp -al "$src" "$work" 2>/dev/null || cp -a "$src" "$work"
+	cp -al "$src" "$work" 2>/dev/null || { rm -rf "$work"; cp -a "$src" "$work"; }
 	echo "$src" > "$work/.vb-src"
 fi
 
@@ -49,7 +49,7 @@ series_entries "$repo" | while read -r p paths; do
 		mkdir -p "$stage/$(dirname "$f")"
 		if [ -f "$src/$f" ]; then cp "$src/$f" "$stage/$f"; fi
 	done
-	patch -s -p1 -d "$stage" --no-backup-if-mismatch < "$repo/patches/$p" ||
+	patch -s -p1 -d "$stage" --fuzz=0 --batch --no-backup-if-mismatch < "$repo/patches/$p" ||
 		{ echo "prepare-tree: patches/$p does not apply to $src" >&2; exit 1; }
 	# shellcheck disable=SC2086 # the paths are words
 	for f in $(series_files "$repo" $paths); do

@@ -65,9 +65,17 @@ if ! command -v rustup >/dev/null; then
 	echo "setup: rustup is needed for the Rust toolchain (https://rustup.rs)" >&2
 	exit 1
 fi
-if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
-	say "adding the rust-src component"
-	rustup component add rust-src >/dev/null
+for c in rust-src rustfmt clippy; do
+	if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+		say "adding the $c component"
+		rustup component add "$c" >/dev/null
+	fi
+done
+# make lint checks the documentation with docutils.
+if ! python3 -c 'import docutils' 2>/dev/null; then
+	say "installing docutils from PyPI"
+	python3 -m pip install -q docutils ||
+		{ echo "setup: pip install docutils failed" >&2; exit 1; }
 fi
 
 bindgen_ok() {

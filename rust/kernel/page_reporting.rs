@@ -15,7 +15,7 @@
 //! [`Report::report`] runs from a delayed work item on the freezable system work queue
 //! (process context, may sleep), one call at a time. The pages belong to the callback only
 //! until it returns, so a device must be done with them by then:
-//! [`PageQueue::report`](crate::virtio::PageQueue::report) waits for that.
+//! the virtio bus's `PageQueue::report` waits for that.
 
 use crate::{
     bindings, container_of,

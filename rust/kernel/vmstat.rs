@@ -90,6 +90,8 @@ pub struct Events([crate::ffi::c_ulong; bindings::vm_event_item_NR_VM_EVENT_ITEM
 #[cfg(CONFIG_VM_EVENT_COUNTERS)]
 impl Events {
     /// Reads every event counter.
+    ///
+    /// May sleep: `all_vm_events` holds the CPU hotplug lock (`cpus_read_lock`) while it sums.
     pub fn now() -> Self {
         let mut e = Self([0; bindings::vm_event_item_NR_VM_EVENT_ITEMS as usize]);
         // SAFETY: The array has `NR_VM_EVENT_ITEMS` entries, as `all_vm_events` fills.

@@ -157,7 +157,9 @@ if [ "$mode" = bench ]; then
 	echo "@@POWEROFF"
 	poweroff -f
 fi
-if insmod "/lib/modules/$driver.ko"; then
+if [ -d "/sys/bus/virtio/drivers/$driver" ]; then
+	echo "@@BUILTIN $driver"
+elif insmod "/lib/modules/$driver.ko"; then
 	echo "@@LOADED $driver"
 else
 	echo "@@LOAD-FAILED $driver"

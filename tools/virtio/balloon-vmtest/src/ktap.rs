@@ -168,7 +168,15 @@ mod tests {
 
     #[test]
     fn notes_join_their_result() {
-        let log = v("# selftests: drivers/virtio_balloon: balloon_stress_test\n# # @@NOTE soak.a 40 changes\n# ok 1 soak.a\n# # @@NOTE soak.b ignored\n# ok 2 soak.b # SKIP no host\n# ok 3 soak.c\nok 1 selftests: drivers/virtio_balloon: balloon_stress_test\n");
+        let log = v(concat!(
+            "# selftests: drivers/virtio_balloon: balloon_stress_test\n",
+            "# # @@NOTE soak.a 40 changes\n",
+            "# ok 1 soak.a\n",
+            "# # @@NOTE soak.b ignored\n",
+            "# ok 2 soak.b # SKIP no host\n",
+            "# ok 3 soak.c\n",
+            "ok 1 selftests: drivers/virtio_balloon: balloon_stress_test\n",
+        ));
         let r = parse(&log);
         let notes: Vec<_> = r
             .iter()
@@ -186,7 +194,20 @@ mod tests {
 
     #[test]
     fn nested_run() {
-        let log = v("TAP version 13\n1..2\n# selftests: drivers/virtio_balloon: balloon_test\n# TAP version 13\n# 1..3\n# #  RUN balloon.a ...\n# ok 1 balloon.a\n# not ok 2 balloon.b\n# ok 3 balloon.c # SKIP no host\nnot ok 1 selftests: drivers/virtio_balloon: balloon_test # exit=1\n# selftests: drivers/virtio_balloon: balloon_bind.sh\nok 2 selftests: drivers/virtio_balloon: balloon_bind.sh\n");
+        let log = v(concat!(
+            "TAP version 13\n",
+            "1..2\n",
+            "# selftests: drivers/virtio_balloon: balloon_test\n",
+            "# TAP version 13\n",
+            "# 1..3\n",
+            "# #  RUN balloon.a ...\n",
+            "# ok 1 balloon.a\n",
+            "# not ok 2 balloon.b\n",
+            "# ok 3 balloon.c # SKIP no host\n",
+            "not ok 1 selftests: drivers/virtio_balloon: balloon_test # exit=1\n",
+            "# selftests: drivers/virtio_balloon: balloon_bind.sh\n",
+            "ok 2 selftests: drivers/virtio_balloon: balloon_bind.sh\n",
+        ));
         let r = parse(&log);
         let names: Vec<_> = r.iter().map(|t| (t.name.as_str(), t.status)).collect();
         assert_eq!(
@@ -211,7 +232,18 @@ mod tests {
 
     #[test]
     fn kunit_suites() {
-        let log = v("KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: rust_kernel_balloon\n    1..2\n    ok 1 empty\n    not ok 2 full\n# rust_kernel_balloon: pass:1 fail:1\nnot ok 1 rust_kernel_balloon\nok 1 selftests: d: p\n");
+        let log = v(concat!(
+            "KTAP version 1\n",
+            "1..1\n",
+            "    KTAP version 1\n",
+            "    # Subtest: rust_kernel_balloon\n",
+            "    1..2\n",
+            "    ok 1 empty\n",
+            "    not ok 2 full\n",
+            "# rust_kernel_balloon: pass:1 fail:1\n",
+            "not ok 1 rust_kernel_balloon\n",
+            "ok 1 selftests: d: p\n",
+        ));
         let r = parse_kunit(&log);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].name, "kunit:rust_kernel_balloon.empty");
@@ -220,7 +252,11 @@ mod tests {
 
     #[test]
     fn kernel_messages_in_between_are_ignored() {
-        let log = v("[   1.0] virtio_balloon virtio1: ok 1 is not a result\n# ok 1 t.a\r\nok 1 selftests: d: p\n");
+        let log = v(concat!(
+            "[   1.0] virtio_balloon virtio1: ok 1 is not a result\n",
+            "# ok 1 t.a\r\n",
+            "ok 1 selftests: d: p\n",
+        ));
         assert_eq!(parse(&log).len(), 1);
     }
 }

@@ -102,7 +102,15 @@ mod tests {
 
     #[test]
     fn warning_is_cut_at_end_marker() {
-        let log = v("a\n------------[ cut here ]------------\nWARNING: CPU: 0 PID: 1 at x.c:1\nCall Trace:\n f+0x1\n---[ end trace 0 ]---\nafter\n");
+        let log = v(concat!(
+            "a\n",
+            "------------[ cut here ]------------\n",
+            "WARNING: CPU: 0 PID: 1 at x.c:1\n",
+            "Call Trace:\n",
+            " f+0x1\n",
+            "---[ end trace 0 ]---\n",
+            "after\n",
+        ));
         let r = kernel_reports(&log);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].line, 3);
@@ -111,18 +119,35 @@ mod tests {
 
     #[test]
     fn kasan_lockdep_stall_all_found() {
-        let log = v("BUG: KASAN: use-after-free in f\n@@X\nWARNING: possible circular locking dependency detected\n@@Y\nrcu: INFO: rcu_preempt self-detected stall on CPU\n@@Z\nwatchdog: BUG: soft lockup - CPU#0 stuck\n");
+        let log = v(concat!(
+            "BUG: KASAN: use-after-free in f\n",
+            "@@X\n",
+            "WARNING: possible circular locking dependency detected\n",
+            "@@Y\n",
+            "rcu: INFO: rcu_preempt self-detected stall on CPU\n",
+            "@@Z\n",
+            "watchdog: BUG: soft lockup - CPU#0 stuck\n",
+        ));
         assert_eq!(kernel_reports(&log).len(), 4);
     }
 
     #[test]
     fn poison_corruption_found() {
-        let log = v("pagealloc: memory corruption\n00000000: 00 00 00 00\nCPU: 1 PID: 80 Comm: t\n@@X\npagealloc: single bit error\n");
+        let log = v(concat!(
+            "pagealloc: memory corruption\n",
+            "00000000: 00 00 00 00\n",
+            "CPU: 1 PID: 80 Comm: t\n",
+            "@@X\n",
+            "pagealloc: single bit error\n",
+        ));
         let r = kernel_reports(&log);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].line, 1);
         // The OOM killer's report is not a kernel bug.
-        let oom = v("t invoked oom-killer: gfp_mask=0x140dca, order=0, oom_score_adj=1000\nOut of memory: Killed process 90 (t)\n");
+        let oom = v(concat!(
+            "t invoked oom-killer: gfp_mask=0x140dca, order=0, oom_score_adj=1000\n",
+            "Out of memory: Killed process 90 (t)\n",
+        ));
         assert!(kernel_reports(&oom).is_empty());
     }
 
@@ -130,7 +155,13 @@ mod tests {
     fn kmemleak_block() {
         let none = v("@@KMEMLEAK-BEGIN\n@@KMEMLEAK-END\n");
         assert!(kmemleak(&none).is_empty());
-        let some = v("x\n@@KMEMLEAK-BEGIN\nunreferenced object 0xffff (size 64):\n  comm \"insmod\"\n@@KMEMLEAK-END\n");
+        let some = v(concat!(
+            "x\n",
+            "@@KMEMLEAK-BEGIN\n",
+            "unreferenced object 0xffff (size 64):\n",
+            "  comm \"insmod\"\n",
+            "@@KMEMLEAK-END\n",
+        ));
         assert_eq!(kmemleak(&some).len(), 2);
     }
 }

@@ -159,6 +159,7 @@ fn check_one(a: &CheckArgs, driver: &str, device: &Device) -> (Vec<TestResult>, 
     // Run until the guest powers off. A test that shows no result line for
     // test_timeout seconds is a hang: stop the guest.
     let mut last_progress = Instant::now();
+    let mut last_result = Instant::now();
     let mut done = false;
     let mut powered_off = false;
     let mut verdict = None;
@@ -170,6 +171,12 @@ fn check_one(a: &CheckArgs, driver: &str, device: &Device) -> (Vec<TestResult>, 
                 let result = ktap::parse_result(content).is_some();
                 if result {
                     last_progress = Instant::now();
+                    // A kselftest's result, with how long it took: where make check's time goes.
+                    if l.starts_with("# ") {
+                        let took = last_result.elapsed().as_secs_f64();
+                        say(&pb, format!("   {content} ({took:.1}s)"));
+                    }
+                    last_result = Instant::now();
                 }
                 // The spinner names the test that runs or the last result.
                 if result || content.contains(" RUN ") {

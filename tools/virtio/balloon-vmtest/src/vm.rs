@@ -45,7 +45,8 @@ pub const PRESETS: &[(&str, &str)] = &[
     // drives the hint queue too.
     (
         "hint",
-        "free-page-hint,stats=2,tests=features+queues+hint.shrinker_returns_blocks_during_migration",
+        "free-page-hint,stats=2,\
+         tests=features+queues+hint.shrinker_returns_blocks_during_migration",
     ),
     (
         "hint-reporting",
@@ -590,7 +591,8 @@ mod tests {
         );
         assert_eq!(
             Device::default().qemu_arg(),
-            "virtio-balloon-pci,id=balloon0,deflate-on-oom=off,free-page-reporting=off,page-poison=on"
+            "virtio-balloon-pci,id=balloon0,deflate-on-oom=off,free-page-reporting=off,\
+             page-poison=on"
         );
     }
 

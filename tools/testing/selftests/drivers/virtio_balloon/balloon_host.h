@@ -359,6 +359,16 @@ static inline long long pcp_pages(void)
 	return sum;
 }
 
+static inline long long min_ll(long long a, long long b)
+{
+	return a < b ? a : b;
+}
+
+static inline long long max_ll(long long a, long long b)
+{
+	return a > b ? a : b;
+}
+
 /* MemFree with what the per-CPU lists hold: free memory that a suspend or a deflate moved. */
 static inline long long free_bytes(void)
 {

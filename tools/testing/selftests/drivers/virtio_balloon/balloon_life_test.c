@@ -60,10 +60,6 @@
 #define RTC_ALARM	"/sys/class/rtc/rtc0/wakealarm"
 #define SHRINKER_DIR	"/sys/kernel/debug/shrinker"
 
-#ifndef MAX
-#define MAX(a, b)	((a) > (b) ? (a) : (b))
-#endif
-
 static void life_teardown(struct balloon_ctx *c)
 {
 	char path[PATH_MAX];
@@ -151,7 +147,7 @@ static long long large_balloon(void)
 	refresh_counters();
 	total = proc_meminfo("MemTotal");
 	avail = proc_meminfo("MemAvailable");
-	reserve = MAX(total / 8, RESERVE_MIN);
+	reserve = max_ll(total / 8, RESERVE_MIN);
 	return (avail - reserve - LARGE_SPARE) / MIB * MIB;
 }
 
@@ -638,13 +634,13 @@ TEST_F_TIMEOUT(lifecycle_features, suspend_keeps_features, LIFE_TIMEOUT)
 		rss0 = host_num(c->host, c->why, sizeof(c->why), "rss");
 		ASSERT_LT(0, rss0) TH_LOG("host 'rss': %s", c->why);
 		ASSERT_EQ(0, dirty_and_free(DIRTY));
-		rss0 = MAX(rss0, host_num(c->host, c->why, sizeof(c->why), "rss"));
+		rss0 = max_ll(rss0, host_num(c->host, c->why, sizeof(c->why), "rss"));
 		start = now_ms();
 		while (drop < DIRTY_BACK && now_ms() - start < REPORT_WAIT_MS) {
 			usleep(100 * 1000);
 			rss = host_num(c->host, c->why, sizeof(c->why), "rss");
 			ASSERT_LT(0, rss) TH_LOG("host 'rss': %s", c->why);
-			drop = MAX(drop, rss0 - rss);
+			drop = max_ll(drop, rss0 - rss);
 		}
 		TH_LOG("QEMU RSS fell by %lld MiB after %lld MiB were freed", drop / MIB,
 		       DIRTY / MIB);

@@ -42,12 +42,6 @@
 #define SLOW_BW		(16 * MIB)
 /* MemFree after hinted blocks come back: per-CPU lists and page tables move it a little. */
 #define FREE_SLACK	(16 * MIB)
-#ifndef MIN
-#define MIN(a, b)	((a) < (b) ? (a) : (b))
-#endif
-#ifndef MAX
-#define MAX(a, b)	((a) > (b) ? (a) : (b))
-#endif
 #define REPORTING_DELAY	"/sys/module/page_reporting/parameters/page_reporting_delay_ms"
 #define SHRINKER_DIR	"/sys/kernel/debug/shrinker"
 
@@ -196,11 +190,11 @@ static long long grow_to_oom(struct balloon_ctx *c, int *stable, long long *slow
 		sleep(1);
 		ms = run_true_ms();
 		*failed += ms < 0;
-		*slowest = MAX(*slowest, ms);
+		*slowest = max_ll(*slowest, ms);
 		refresh_counters();
 		cur = proc_meminfo("Balloon");
 		*stable = cur < top + 4 * MIB ? *stable + 1 : 0;
-		top = MAX(top, cur);
+		top = max_ll(top, cur);
 	}
 	return cur;
 }
@@ -224,7 +218,7 @@ static long long shrinker_count(void)
 		f = fopen(path, "r");
 		if (!f)
 			continue;
-		sum = MAX(sum, 0);
+		sum = max_ll(sum, 0);
 		/* "MEMCG_ID COUNT_NODE0 COUNT_NODE1 ..." per line; nothing when 0 */
 		while (fgets(line, sizeof(line), f)) {
 			strtoll(line, &p, 10);
@@ -386,7 +380,7 @@ TEST_F_TIMEOUT(oom, deflates_instead_of_killing, 600)
 		sleep(1);
 		ms = run_true_ms();
 		failed += ms < 0;
-		slowest = MAX(slowest, ms);
+		slowest = max_ll(slowest, ms);
 	}
 	refresh_counters();
 	in2 = proc_vmstat("balloon_inflate");
@@ -601,7 +595,7 @@ static int migrate_watch(struct balloon_ctx *c, long long bw, long long *normal,
 		return -1;
 	c->migrating = 1;
 	for (;;) {
-		*max_held = MAX(*max_held, shrinker_count());
+		*max_held = max_ll(*max_held, shrinker_count());
 		if (host_req(c->host, c->why, sizeof(c->why), "migrate-status"))
 			return -1;
 		if (strstr(c->why, "status=completed") || strstr(c->why, "status=failed") ||
@@ -745,7 +739,7 @@ TEST_F_TIMEOUT(hint, shrinker_returns_blocks_during_migration, 400)
 	start = now_ms();
 	while (shrinker_count() > 0 && now_ms() - start < 10000)
 		usleep(100 * 1000);
-	EXPECT_EQ(0, MAX(shrinker_count(), 0)) TH_LOG("hinted blocks kept after DONE");
+	EXPECT_EQ(0, max_ll(shrinker_count(), 0)) TH_LOG("hinted blocks kept after DONE");
 }
 
 /*
@@ -789,7 +783,7 @@ TEST_F_TIMEOUT(compaction, moves_balloon_pages, 300)
 	 * As much as the holes give, but leave an eighth of the RAM free: the
 	 * Rust driver keeps that reserve and would stop short of a bigger target.
 	 */
-	below = MIN(c->ram / 2, free1 - c->ram / 8 - 32 * MIB) / MIB * MIB;
+	below = min_ll(c->ram / 2, free1 - c->ram / 8 - 32 * MIB) / MIB * MIB;
 	ASSERT_LT(64 * MIB, below) TH_LOG("only %lld MiB free", free1 / MIB);
 	ASSERT_EQ(0, balloon_to(_metadata, c, below));
 	munmap(p, frag);

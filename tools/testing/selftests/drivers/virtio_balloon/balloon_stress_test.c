@@ -70,11 +70,6 @@
 /* A bind that went through despite a failed allocation must still move the balloon. */
 #define BIND_CHECK	(4 * MIB)
 
-static long long maxll(long long a, long long b)
-{
-	return a > b ? a : b;
-}
-
 static const char *const fault_kinds[] = { "fail_page_alloc", "failslab" };
 
 /*
@@ -441,7 +436,7 @@ TEST_F_TIMEOUT(faults, hinting_and_reporting, 300)
 		}
 		c->migrating = 1;
 		usleep(300 * 1000);
-		held = maxll(held, before - free_bytes());
+		held = max_ll(held, before - free_bytes());
 		EXPECT_EQ(0, dirty_and_free(DIRTY));
 		EXPECT_EQ(0, host_req(c->host, c->why, sizeof(c->why), "migrate-wait 0")) {
 			TH_LOG("host 'migrate-wait': %s", c->why);
@@ -476,7 +471,7 @@ TEST_F_TIMEOUT(faults, hinting_and_reporting, 300)
 	rss = host_num(c->host, c->why, sizeof(c->why), "rss");
 	fell = rss_drop(c, rss, DIRTY / 2, REPORT_WAIT_MS, &at);
 	NOTE("failed: %lld reporting, %lld hinting (%lld MiB held); RSS then fell %lld of %lld MiB",
-	     reporting, hinting, maxll(held, 0) / MIB, fell / MIB, DIRTY / MIB);
+	     reporting, hinting, max_ll(held, 0) / MIB, fell / MIB, DIRTY / MIB);
 	EXPECT_LE(DIRTY / 2, fell);
 }
 
@@ -611,7 +606,7 @@ TEST_F_TIMEOUT(soak, flapping_target, 900)
 		if (now_ms() >= next_probe) {
 			ms = run_true_ms();
 			failed += ms < 0;
-			slowest = maxll(slowest, ms);
+			slowest = max_ll(slowest, ms);
 			next_probe = now_ms() + 500;
 		}
 	}

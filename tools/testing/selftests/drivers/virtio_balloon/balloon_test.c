@@ -11,8 +11,6 @@
 #include "balloon_host.h"
 
 #define STEP		(128 * MIB)
-#define MIN(a, b)	((a) < (b) ? (a) : (b))
-#define MAX(a, b)	((a) > (b) ? (a) : (b))
 /* Gauges (free, available, caches) move while they are being compared. */
 #define GAUGE_SLACK	(8 * MIB)
 /*
@@ -186,12 +184,12 @@ TEST_F_TIMEOUT(balloon, host_stats_match_guest, BALLOON_TEST_TIMEOUT)
 	TH_LOG("host stats: %s", s);
 
 	EXPECT_EQ(a.total, kv(s, "stat-total-memory"));
-	EXPECT_STAT(MIN(a.free, b.free) - GAUGE_SLACK, s, "stat-free-memory",
-		    MAX(a.free, b.free) + GAUGE_SLACK);
-	EXPECT_STAT(MIN(a.avail, b.avail) - GAUGE_SLACK, s, "stat-available-memory",
-		    MAX(a.avail, b.avail) + GAUGE_SLACK);
-	EXPECT_STAT(MIN(a.caches, b.caches) - GAUGE_SLACK, s, "stat-disk-caches",
-		    MAX(a.caches, b.caches) + GAUGE_SLACK);
+	EXPECT_STAT(min_ll(a.free, b.free) - GAUGE_SLACK, s, "stat-free-memory",
+		    max_ll(a.free, b.free) + GAUGE_SLACK);
+	EXPECT_STAT(min_ll(a.avail, b.avail) - GAUGE_SLACK, s, "stat-available-memory",
+		    max_ll(a.avail, b.avail) + GAUGE_SLACK);
+	EXPECT_STAT(min_ll(a.caches, b.caches) - GAUGE_SLACK, s, "stat-disk-caches",
+		    max_ll(a.caches, b.caches) + GAUGE_SLACK);
 	EXPECT_STAT(a.swap_in, s, "stat-swap-in", b.swap_in);
 	EXPECT_STAT(a.swap_out, s, "stat-swap-out", b.swap_out);
 	EXPECT_STAT(a.majflt, s, "stat-major-faults", b.majflt);
