@@ -21,6 +21,7 @@ DRIVERS ?= virtio_balloon virtio_balloon_rust
 DEVICES ?= plain deflate-on-oom reporting hint hint-reporting soak poison poison-unsupported zero-on-free zero-on-free-unsupported
 DRIVER  ?= virtio_balloon_rust
 ROUNDS  ?= 5
+BOOTS   ?= 2
 SOAK    ?= 1000
 FLAP    ?= 60
 STOP    ?= 150
@@ -98,7 +99,7 @@ lint: series-check
 # The lint, then the guest suite: both run, and either fails the check.
 check: all harness-test
 	@rc=0; $(MAKE) -s --no-print-directory lint || rc=1; \
-	$(HARNESS) check $(VMARGS) $(addprefix --driver ,$(DRIVERS)) \
+	$(HARNESS) check $(VMARGS) --boots $(BOOTS) $(addprefix --driver ,$(DRIVERS)) \
 		$(addprefix --device ,$(DEVICES)) || rc=1; exit $$rc
 
 SOAK_DEVICE = soak,guest=vb.soak=$(SOAK),guest=vb.flap=$(FLAP),guest=vb.stop=$(STOP),$\
@@ -160,4 +161,5 @@ help:
 	@echo "  KDIR=$(KDIR)  (empty: Debian's linux-source-7.3, unpacked in CACHE)"
 	@echo "  CACHE=$(CACHE)"
 	@echo "  LLVM=$(LLVM) JOBS=$(JOBS) ACCEL=$(ACCEL) MEM=$(MEM)"
+	@echo "  BOOTS=$(BOOTS) (check: guests at a time)  SERIES=$(SERIES)"
 	@echo "  DRIVERS=$(DRIVERS)  DEVICES=$(DEVICES)  DRIVER=$(DRIVER) (run)  ROUNDS=$(ROUNDS) (bench)  SOAK=$(SOAK) FLAP=$(FLAP) STOP=$(STOP) (soak)"

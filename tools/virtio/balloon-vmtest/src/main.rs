@@ -18,10 +18,37 @@ use ktap::{Status, TestResult};
 use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use vm::{Config, Device, Vm};
 
-fn config(a: &VmArgs, driver: &str, device: &Device, mode: &str) -> Config {
+/// Where one boot runs: the directory of its sockets, and the tag that tells its lines
+/// apart from those of boots running at the same time (`check --boots`).
+struct Slot {
+    sock_dir: PathBuf,
+    parallel: bool,
+}
+
+impl Slot {
+    fn alone(a: &VmArgs) -> Slot {
+        Slot {
+            sock_dir: a.log_dir.clone(),
+            parallel: false,
+        }
+    }
+
+    /// The prefix of a boot's own lines: empty when it runs alone.
+    fn tag(&self, driver: &str, device: &Device) -> String {
+        if self.parallel {
+            format!("[{driver} {}] ", device.name())
+        } else {
+            String::new()
+        }
+    }
+}
+
+fn config(a: &VmArgs, driver: &str, device: &Device, mode: &str, slot: &Slot) -> Config {
     Config {
         qemu: a.qemu.clone(),
         accel: a.accel.clone(),
@@ -33,6 +60,7 @@ fn config(a: &VmArgs, driver: &str, device: &Device, mode: &str) -> Config {
         mode: mode.into(),
         device: device.clone(),
         dir: a.log_dir.clone(),
+        sock_dir: slot.sock_dir.clone(),
         log_name: format!("{mode}-{driver}-{}", device.name()),
     }
 }
@@ -66,7 +94,11 @@ fn fail(name: &str, note: impl Into<String>) -> TestResult {
 /// A spinner on stderr while a guest runs: the time since the boot began and `msg`, what the
 /// guest does. Where stderr is no terminal (a CI log, `make check 2> log`) it draws nothing,
 /// and [`say`] prints its lines plainly.
-fn spinner(msg: &'static str) -> ProgressBar {
+fn spinner(msg: &'static str, slot: &Slot) -> ProgressBar {
+    // Boots that run at the same time print lines only.
+    if slot.parallel {
+        return ProgressBar::hidden();
+    }
     let style = ProgressStyle::with_template("   {spinner} {elapsed:>4} {wide_msg}")
         .expect("a valid template");
     let pb = ProgressBar::new_spinner()
@@ -132,14 +164,20 @@ fn l_is_run(l: &str, sub: &str) -> bool {
 
 /// Boots once and runs the suite; returns the leaf results of that boot and
 /// the console excerpts of its failed tests.
-fn check_one(a: &CheckArgs, driver: &str, device: &Device) -> (Vec<TestResult>, Vec<Failure>) {
-    let cfg = config(&a.vm, driver, device, "check");
+fn check_one(
+    a: &CheckArgs,
+    driver: &str,
+    device: &Device,
+    slot: &Slot,
+) -> (Vec<TestResult>, Vec<Failure>) {
+    let cfg = config(&a.vm, driver, device, "check", slot);
+    let tag = slot.tag(driver, device);
     eprintln!(
         ">> boot: driver {driver}, device {} ({} accel)",
         device.name(),
         a.vm.accel
     );
-    let pb = spinner("booting");
+    let pb = spinner("booting", slot);
     let mut vm = match Vm::start(&cfg) {
         Ok(vm) => vm,
         Err(e) => return (vec![fail("boot", e.to_string())], vec![]),
@@ -152,7 +190,10 @@ fn check_one(a: &CheckArgs, driver: &str, device: &Device) -> (Vec<TestResult>, 
     };
     say(
         &pb,
-        format!("   {booted} ({:.1}s)", vm.started.elapsed().as_secs_f64()),
+        format!(
+            "   {tag}{booted} ({:.1}s)",
+            vm.started.elapsed().as_secs_f64()
+        ),
     );
     pb.set_message("running the tests");
 
@@ -174,7 +215,7 @@ fn check_one(a: &CheckArgs, driver: &str, device: &Device) -> (Vec<TestResult>, 
                     // A kselftest's result, with how long it took: where make check's time goes.
                     if l.starts_with("# ") {
                         let took = last_result.elapsed().as_secs_f64();
-                        say(&pb, format!("   {content} ({took:.1}s)"));
+                        say(&pb, format!("   {tag}{content} ({took:.1}s)"));
                     }
                     last_result = Instant::now();
                 }
@@ -186,7 +227,7 @@ fn check_one(a: &CheckArgs, driver: &str, device: &Device) -> (Vec<TestResult>, 
                     done = true;
                     say(
                         &pb,
-                        format!("   {l} ({:.1}s)", vm.started.elapsed().as_secs_f64()),
+                        format!("   {tag}{l} ({:.1}s)", vm.started.elapsed().as_secs_f64()),
                     );
                     pb.set_message("powering off");
                     last_progress = Instant::now();
@@ -393,13 +434,13 @@ const MID_RESET_AT: i64 = 256 << 20;
 /// and while it inflates) and the driver of the new boot inflates to it again, which the
 /// guest's own MemTotal in guest-stats confirms (QEMU's `actual` alone could be a stale
 /// value from before the reset); the guest powers off with the balloon inflated.
-fn host_checks(a: &VmArgs, driver: &str, device: &Device) -> Vec<TestResult> {
-    let cfg = config(a, driver, device, "idle");
+fn host_checks(a: &VmArgs, driver: &str, device: &Device, slot: &Slot) -> Vec<TestResult> {
+    let cfg = config(a, driver, device, "idle", slot);
     eprintln!(
         ">> boot: driver {driver}, device {}: host checks",
         device.name()
     );
-    let pb = spinner("booting");
+    let pb = spinner("booting", slot);
     let mut vm = match Vm::start(&cfg) {
         Ok(vm) => vm,
         Err(e) => return vec![fail("host: boot", e.to_string())],
@@ -552,67 +593,127 @@ fn log_clean(vm: &Vm) -> TestResult {
     }
 }
 
+/// What one boot adds to the report.
+#[derive(Default)]
+struct Outcome {
+    rows: Vec<Row>,
+    failures: Vec<Failure>,
+    flaky: Vec<Failure>,
+}
+
+/// One boot of `check`: a driver with a device configuration, or the host checks.
+enum Job<'a> {
+    Tests(&'a str, &'a Device),
+    Host(&'a str, &'a Device),
+}
+
+/// Boots `driver` with `device` and runs its tests. A boot that failed runs once more: a
+/// failure that does not come back is reported as flaky (a race to look into), not hidden;
+/// one that does fails.
+fn check_boot(a: &CheckArgs, driver: &str, device: &Device, slot: &Slot) -> Outcome {
+    let mut out = Outcome::default();
+    let (mut results, mut failed) = check_one(a, driver, device, slot);
+    let first: Vec<TestResult> = results
+        .iter()
+        .filter(|r| r.status == Status::Fail)
+        .cloned()
+        .collect();
+    if !first.is_empty() && !a.no_retry {
+        eprintln!(
+            ">> {} failed: booting {driver}, {} once more",
+            first
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            device.name()
+        );
+        let (again, mut failed_again) = check_one(a, driver, device, slot);
+        if again.iter().all(|r| r.status != Status::Fail) {
+            results = again;
+            for r in &first {
+                let note = format!("flaky: failed on the first boot: {}", r.note);
+                match results.iter_mut().find(|x| x.name == r.name) {
+                    Some(x) => x.note = note,
+                    None => results.push(TestResult {
+                        name: r.name.clone(),
+                        status: Status::Pass,
+                        note,
+                    }),
+                }
+            }
+            out.flaky.append(&mut failed);
+        } else {
+            failed.append(&mut failed_again);
+        }
+    }
+    out.failures = failed;
+    out.rows = rows(driver, device, results);
+    out
+}
+
+fn rows(driver: &str, device: &Device, results: Vec<TestResult>) -> Vec<Row> {
+    results
+        .into_iter()
+        .map(|result| Row {
+            driver: driver.into(),
+            device: device.name(),
+            result,
+        })
+        .collect()
+}
+
 fn check(a: &CheckArgs) -> ExitCode {
     let start = Instant::now();
+    // Every configuration of every driver, then the host checks of each driver.
+    let mut jobs = Vec::new();
+    for driver in &a.vm.drivers {
+        jobs.extend(a.vm.devices.iter().map(|d| Job::Tests(driver, d)));
+        jobs.push(Job::Host(driver, &a.vm.devices[0]));
+    }
+    // `boots` workers take the next job in that order; the report keeps the order.
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<Option<Outcome>>> = Mutex::new(jobs.iter().map(|_| None).collect());
+    let parallel = a.boots > 1;
+    std::thread::scope(|s| {
+        for w in 0..a.boots {
+            let (jobs, next, done) = (&jobs, &next, &done);
+            s.spawn(move || {
+                let slot = Slot {
+                    sock_dir: if parallel {
+                        a.vm.log_dir.join(format!("boot{w}"))
+                    } else {
+                        a.vm.log_dir.clone()
+                    },
+                    parallel,
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(job) = jobs.get(i) else { break };
+                    let outcome = match job {
+                        Job::Tests(driver, device) => check_boot(a, driver, device, &slot),
+                        Job::Host(driver, device) => Outcome {
+                            rows: rows(driver, device, host_checks(&a.vm, driver, device, &slot)),
+                            ..Outcome::default()
+                        },
+                    };
+                    done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(outcome);
+                }
+            });
+        }
+    });
     let mut rows = Vec::new();
     let mut failures: Vec<Failure> = Vec::new();
     let mut flaky: Vec<Failure> = Vec::new();
-    for driver in &a.vm.drivers {
-        for device in &a.vm.devices {
-            let (mut results, mut failed) = check_one(a, driver, device);
-            let first: Vec<TestResult> = results
-                .iter()
-                .filter(|r| r.status == Status::Fail)
-                .cloned()
-                .collect();
-            // A boot that failed runs once more. A failure that does not come back is
-            // reported as flaky (a race to look into), not hidden; one that does fails.
-            if !first.is_empty() && !a.no_retry {
-                eprintln!(
-                    ">> {} failed: booting {driver}, {} once more",
-                    first
-                        .iter()
-                        .map(|r| r.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    device.name()
-                );
-                let (again, mut failed_again) = check_one(a, driver, device);
-                if again.iter().all(|r| r.status != Status::Fail) {
-                    results = again;
-                    for r in &first {
-                        let note = format!("flaky: failed on the first boot: {}", r.note);
-                        match results.iter_mut().find(|x| x.name == r.name) {
-                            Some(x) => x.note = note,
-                            None => results.push(TestResult {
-                                name: r.name.clone(),
-                                status: Status::Pass,
-                                note,
-                            }),
-                        }
-                    }
-                    flaky.append(&mut failed);
-                } else {
-                    failed.append(&mut failed_again);
-                }
-            }
-            failures.append(&mut failed);
-            for result in results {
-                rows.push(Row {
-                    driver: driver.clone(),
-                    device: device.name(),
-                    result,
-                });
-            }
-        }
-        let device = &a.vm.devices[0];
-        for result in host_checks(&a.vm, driver, device) {
-            rows.push(Row {
-                driver: driver.clone(),
-                device: device.name(),
-                result,
-            });
-        }
+    for o in done
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flatten()
+    {
+        rows.extend(o.rows);
+        failures.extend(o.failures);
+        flaky.extend(o.flaky);
     }
     let w = |f: &dyn Fn(&Row) -> usize, min| rows.iter().map(f).max().unwrap_or(0).max(min);
     let (wd, wv, wt) = (
@@ -739,7 +840,7 @@ fn guest_text(guest: Option<(u64, u64)>) -> String {
 
 /// Boots in demo mode; returns the bound driver ("none" if none) and the VM.
 fn demo_boot(a: &VmArgs, driver: &str) -> Result<(String, Vm), String> {
-    let cfg = config(a, driver, &a.devices[0], "demo");
+    let cfg = config(a, driver, &a.devices[0], "demo", &Slot::alone(a));
     println!(
         "booting a {} MiB guest with {driver} ({} accel, device {})...",
         a.mem,
@@ -887,7 +988,13 @@ fn bench(a: &BenchArgs) -> ExitCode {
     };
     let mut device = a.vm.devices[0].clone();
     device.guest_args.push(format!("vb.rounds={}", a.rounds));
-    let cfg = config(&a.vm, &a.vm.drivers.join(","), &device, "bench");
+    let cfg = config(
+        &a.vm,
+        &a.vm.drivers.join(","),
+        &device,
+        "bench",
+        &Slot::alone(&a.vm),
+    );
     eprintln!(
         ">> bench: {} MiB guest, {} CPUs, drivers {}, {} rounds, {} accel",
         a.vm.mem,

@@ -313,14 +313,16 @@ pub struct Config {
     pub driver: String,
     pub mode: String,
     pub device: Device,
-    /// Directory for sockets and the console log.
+    /// Directory for the console log.
     pub dir: PathBuf,
+    /// Directory for the sockets: one per boot that runs at the same time.
+    pub sock_dir: PathBuf,
     pub log_name: String,
 }
 
 impl Config {
     pub fn qemu_args(&self) -> Vec<String> {
-        let d = self.dir.display();
+        let d = self.sock_dir.display();
         let mut a: Vec<String> = vec!["-accel".into(), self.accel.clone()];
         if self.accel == "kvm" {
             a.extend(["-cpu".into(), "host".into()]);
@@ -410,8 +412,9 @@ fn connect_retry(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
 impl Vm {
     pub fn start(cfg: &Config) -> io::Result<Vm> {
         std::fs::create_dir_all(&cfg.dir)?;
+        std::fs::create_dir_all(&cfg.sock_dir)?;
         for s in ["console.sock", "qmp.sock", "ctl.sock"] {
-            let _ = std::fs::remove_file(cfg.dir.join(s));
+            let _ = std::fs::remove_file(cfg.sock_dir.join(s));
         }
         let log_path = cfg.dir.join(format!("{}.log", cfg.log_name));
         let qemu_err = File::create(cfg.dir.join(format!("{}.qemu.log", cfg.log_name)))?;
@@ -424,7 +427,7 @@ impl Vm {
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", cfg.qemu)))?;
         let started = Instant::now();
         let deadline = started + Duration::from_secs(30);
-        let console = match connect_retry(&cfg.dir.join("console.sock"), deadline) {
+        let console = match connect_retry(&cfg.sock_dir.join("console.sock"), deadline) {
             Ok(c) => c,
             Err(e) => {
                 let _ = child.kill();
@@ -435,9 +438,12 @@ impl Vm {
             }
         };
         let events = File::create(cfg.dir.join(format!("{}.qmp-events.log", cfg.log_name)))?;
-        let qmp = Monitor::new(connect_retry(&cfg.dir.join("qmp.sock"), deadline)?, events)?;
+        let qmp = Monitor::new(
+            connect_retry(&cfg.sock_dir.join("qmp.sock"), deadline)?,
+            events,
+        )?;
         let qmp = Arc::new(Mutex::new(qmp));
-        let ctl = connect_retry(&cfg.dir.join("ctl.sock"), deadline)?;
+        let ctl = connect_retry(&cfg.sock_dir.join("ctl.sock"), deadline)?;
         let traces = bench::Traces::default();
         agent::spawn(
             ctl,
@@ -680,6 +686,7 @@ mod tests {
             mode: "check".into(),
             device: Device::parse("free-page-hint").unwrap(),
             dir: "/w".into(),
+            sock_dir: "/w".into(),
             log_name: "x".into(),
         };
         let a = cfg.qemu_args().join(" ");
