@@ -81,7 +81,12 @@ pub struct CheckArgs {
     pub no_retry: bool,
     /// Boots at a time: each configuration's boot runs in its own QEMU, N of them at
     /// once (a TCG guest running tests keeps about one host CPU busy)
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=16)
+    )]
     pub boots: u32,
 }
 
