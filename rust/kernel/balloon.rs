@@ -47,9 +47,15 @@ fn page_list(slot: &mut MaybeUninit<bindings::list_head>) -> *mut bindings::list
 }
 
 /// A page allocated for, or taken back from, a balloon. Dropping it frees it.
+///
+/// # Invariants
+///
+/// `self.0` is a valid page whose only reference this value holds, and which is on no list (its
+/// `lru` is free).
 pub struct BalloonPage(NonNull<bindings::page>);
 
-// SAFETY: The page is owned by this value; freeing it may happen on any thread.
+// SAFETY: By the type invariant the page is owned by this value; freeing it may happen on any
+// thread.
 unsafe impl Send for BalloonPage {}
 
 impl BalloonPage {
@@ -57,7 +63,10 @@ impl BalloonPage {
     /// is built in, without retrying hard, warning, or dipping into reserves.
     pub fn alloc() -> Option<Self> {
         // SAFETY: FFI call without preconditions.
-        NonNull::new(unsafe { bindings::balloon_page_alloc() }).map(Self)
+        let page = unsafe { bindings::balloon_page_alloc() };
+        // INVARIANT: `balloon_page_alloc` returns a new page (or NULL) with one reference, on
+        // no list.
+        NonNull::new(page).map(Self)
     }
 
     /// Allocates up to `n` pages for the balloon, hands each to `f`, and returns how many.
@@ -93,6 +102,8 @@ impl BalloonPage {
                             // SAFETY: A buddy block's `struct page`s are contiguous (`split_page`
                             // relies on it): `first + i` is its page `i`, non-null and ours.
                             let page = unsafe { NonNull::new_unchecked(first.as_ptr().add(i)) };
+                            // INVARIANT: After `split_page`, page `i` of the block has its own
+                            // reference, ours, and is on no list.
                             f(BalloonPage(page));
                         }
                         got += BULK_PAGES;
@@ -112,14 +123,14 @@ impl BalloonPage {
 
     /// The page frame number.
     pub fn pfn(&self) -> usize {
-        // SAFETY: `self.0` is a valid page owned by us.
+        // SAFETY: By the type invariant `self.0` is a valid page owned by us.
         unsafe { bindings::page_to_pfn(self.0.as_ptr()) }
     }
 }
 
 impl Drop for BalloonPage {
     fn drop(&mut self) {
-        // SAFETY: We own the only reference to the page.
+        // SAFETY: By the type invariant we own the only reference to the page.
         unsafe { bindings::put_page(self.0.as_ptr()) };
     }
 }
@@ -145,8 +156,9 @@ unsafe extern "C" fn migrate_callback<M: Migrate>(
     page: *mut bindings::page,
     _mode: bindings::migrate_mode,
 ) -> c_int {
-    // SAFETY: The core passes the `balloon_dev_info` the page was enqueued on: the `info` field
-    // of a pinned `BalloonPages<M>` (`Opaque` is transparent), set up by `new::<M>`.
+    // SAFETY: The core passes the `balloon_dev_info` whose `migratepage` this is: by the type
+    // invariant of `BalloonPages<M>`, the pinned `info` field of a live `BalloonPages<M>`
+    // (`Opaque` is transparent).
     let pages = unsafe {
         &*container_of!(
             info.cast::<Opaque<bindings::balloon_dev_info>>(),
@@ -176,8 +188,10 @@ unsafe extern "C" fn migrate_callback<M: Migrate>(
 ///
 /// # Invariants
 ///
-/// `count` is the number of pages enqueued and not dequeued. Pages the core isolates for
-/// migration stay counted: they come back (or are replaced) on the list.
+/// - `info` was initialized by `balloon_devinfo_init`, with `migratepage` set to
+///   `migrate_callback::<M>`, and stays pinned for the life of this value.
+/// - `count` is the number of pages enqueued and not dequeued. Pages the core isolates for
+///   migration stay counted: they come back (or are replaced) on the list.
 #[pin_data(PinnedDrop)]
 pub struct BalloonPages<M: Migrate> {
     #[pin]
@@ -187,10 +201,11 @@ pub struct BalloonPages<M: Migrate> {
     migrator: M,
 }
 
-// SAFETY: The C functions serialize on the global `balloon_pages_lock`; `count` is atomic; the
-// migrator is `Send`.
+// SAFETY: The C functions on `info` serialize on the global `balloon_pages_lock`, from any
+// thread; `count` is atomic; the migrator is `Send`.
 unsafe impl<M: Migrate> Send for BalloonPages<M> {}
-// SAFETY: As above; the migrator is `Sync`.
+// SAFETY: The C functions on `info` serialize on the global `balloon_pages_lock`, so shared
+// references may call them concurrently; `count` is atomic; the migrator is `Sync`.
 unsafe impl<M: Migrate> Sync for BalloonPages<M> {}
 
 impl<M: Migrate> BalloonPages<M> {
@@ -198,6 +213,8 @@ impl<M: Migrate> BalloonPages<M> {
     /// the guest's managed memory (MemTotal drops); without, they still count as RAM the guest
     /// may take back.
     pub fn new(adjust_managed: bool, migrator: impl PinInit<M>) -> impl PinInit<Self> {
+        // INVARIANT: `info` is initialized with `migrate_callback::<M>`, in place (pinned), and
+        // `count` starts at 0 with no page enqueued.
         pin_init!(Self {
             info <- Opaque::ffi_init(move |p: *mut bindings::balloon_dev_info| {
                 // SAFETY: `p` is valid for writes and pinned.
@@ -222,8 +239,9 @@ impl<M: Migrate> BalloonPages<M> {
         let pfn = page.pfn();
         let p = page.0.as_ptr();
         core::mem::forget(page);
-        // SAFETY: `self.info` is initialized and pinned; `p` is a page we owned, whose
-        // reference now belongs to the balloon list.
+        // SAFETY: By the type invariant `self.info` is initialized and pinned; by the type
+        // invariant of `BalloonPage`, `p` is a page we owned, on no list, whose reference now
+        // belongs to the balloon list.
         unsafe { bindings::balloon_page_enqueue(self.info.get(), p) };
         self.count.fetch_add(1, Ordering::Relaxed);
         pfn
@@ -243,16 +261,17 @@ impl<M: Migrate> BalloonPages<M> {
             for page in pages.by_ref().take(LIST_CHUNK) {
                 let p = page.0.as_ptr();
                 core::mem::forget(page);
-                // SAFETY: `list` is a valid list head; `p` is a page we owned, on no list (its
-                // `lru` is free), whose reference the list now holds.
+                // SAFETY: `list` is a valid list head; by the type invariant of `BalloonPage`, `p`
+                // is a page we owned, on no list (its `lru` is free), whose reference the list
+                // now holds.
                 unsafe { bindings::balloon_page_push(list, p) };
                 n += 1;
             }
             if n == 0 {
                 return total;
             }
-            // SAFETY: `self.info` is initialized and pinned; `list` holds balloon pages we
-            // owned, all of which the balloon takes (and `list` is left empty).
+            // SAFETY: By the type invariant `self.info` is initialized and pinned; `list` holds
+            // balloon pages we owned, all of which the balloon takes (and `list` is left empty).
             let done = unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list) };
             self.count.fetch_add(done, Ordering::Relaxed);
             total += done;
@@ -279,13 +298,15 @@ impl<M: Migrate> BalloonPages<M> {
             let mut slot = MaybeUninit::uninit();
             // Stays in place until the list is emptied below.
             let list = page_list(&mut slot);
-            // SAFETY: `self.info` is initialized; `list` is an empty list head.
+            // SAFETY: By the type invariant `self.info` is initialized; `list` is an empty list
+            // head.
             let got = unsafe { bindings::balloon_page_list_dequeue(self.info.get(), list, want) };
             if got < want {
                 self.count.fetch_add(want - got, Ordering::Relaxed);
             }
             // SAFETY: `list` holds only the pages just dequeued, one reference each, now ours.
             while let Some(p) = NonNull::new(unsafe { bindings::balloon_page_pop(list) }) {
+                // INVARIANT: Popped off `list`: on no list, and its one reference is ours.
                 f(BalloonPage(p));
             }
             total += got;
@@ -303,8 +324,11 @@ impl<M: Migrate> BalloonPages<M> {
         self.count
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .ok()?;
-        // SAFETY: `self.info` is initialized; at least one page is enqueued or isolated.
+        // SAFETY: By the type invariant `self.info` is initialized, and (`count` was nonzero)
+        // at least one page is enqueued or isolated.
         match NonNull::new(unsafe { bindings::balloon_page_dequeue(self.info.get()) }) {
+            // INVARIANT: `balloon_page_dequeue` took the page off the balloon list and hands
+            // us its reference.
             Some(p) => Some(BalloonPage(p)),
             None => {
                 self.count.fetch_add(1, Ordering::Relaxed);
@@ -350,9 +374,16 @@ pub const HINT_BLOCK_ORDER: u32 = bindings::MAX_PAGE_ORDER;
 ///
 /// The block's memory is never exposed to Rust code as data: a hinted block holds nothing, and
 /// the driver must treat its contents as undefined when it gets it back.
+///
+/// # Invariants
+///
+/// `self.0` is the first page of a block of `2^HINT_BLOCK_ORDER` pages that this value owns,
+/// allocated by `alloc_pages` with this order and without `__GFP_HIGHMEM` (so the block is
+/// linearly mapped, `HintBlock::BYTES` long).
 pub struct HintBlock(NonNull<bindings::page>);
 
-// SAFETY: The block is owned by this value; freeing it may happen on any thread.
+// SAFETY: By the type invariant the block is owned by this value; freeing it may happen on any
+// thread.
 unsafe impl Send for HintBlock {}
 
 impl HintBlock {
@@ -367,19 +398,22 @@ impl HintBlock {
     pub fn alloc() -> Option<Self> {
         let gfp = bindings::__GFP_NORETRY | bindings::__GFP_NOWARN | bindings::__GFP_NOMEMALLOC;
         // SAFETY: FFI call without preconditions.
-        NonNull::new(unsafe { bindings::alloc_pages(gfp, HINT_BLOCK_ORDER) }).map(Self)
+        let block = unsafe { bindings::alloc_pages(gfp, HINT_BLOCK_ORDER) };
+        // INVARIANT: A block (or NULL) of `HINT_BLOCK_ORDER`, now ours; `gfp` has no
+        // `__GFP_HIGHMEM`.
+        NonNull::new(block).map(Self)
     }
 
     /// The block's kernel virtual address, for a device descriptor.
     pub(crate) fn addr(&self) -> *mut c_void {
-        // SAFETY: The block is allocated and not highmem (no `__GFP_HIGHMEM`).
+        // SAFETY: By the type invariant the block is allocated and not highmem.
         unsafe { bindings::page_address(self.0.as_ptr()) }
     }
 }
 
 impl Drop for HintBlock {
     fn drop(&mut self) {
-        // SAFETY: We own the block, allocated with this order.
+        // SAFETY: By the type invariant we own the block, allocated with this order.
         unsafe { bindings::__free_pages(self.0.as_ptr(), HINT_BLOCK_ORDER) };
     }
 }

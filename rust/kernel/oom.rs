@@ -46,6 +46,12 @@ struct Inner<T: OomNotify> {
 /// blocking one), so the data it holds outlives every call. Dropping it sleeps: process context
 /// only.
 ///
+/// # Invariants
+///
+/// `self.0.nb` is registered with the OOM notifier chain, with `notifier_call::<T>` as its
+/// callback, from [`Registration::new`] until `drop` unregisters it; it stays pinned in the box
+/// meanwhile.
+///
 /// # Examples
 ///
 /// ```
@@ -86,14 +92,16 @@ impl<T: OomNotify> Registration<T> {
         )?;
         // SAFETY: `nb` is pinned in the box and initialized; it stays registered until `drop`.
         to_result(unsafe { bindings::register_oom_notifier(inner.nb.get()) })?;
+        // INVARIANT: `nb` was registered just above with `notifier_call::<T>`; the box keeps it
+        // pinned.
         Ok(Self(inner))
     }
 }
 
 impl<T: OomNotify> Drop for Registration<T> {
     fn drop(&mut self) {
-        // SAFETY: `nb` was registered in `new`. Unregistering takes the chain's rwsem for
-        // writing, so no call runs any more when it returns.
+        // SAFETY: By the type invariant `nb` is registered. Unregistering takes the chain's rwsem
+        // for writing, so no call runs any more when it returns.
         unsafe { bindings::unregister_oom_notifier(self.0.nb.get()) };
     }
 }
@@ -110,7 +118,8 @@ unsafe extern "C" fn notifier_call<T: OomNotify>(
     parm: *mut c_void,
 ) -> c_int {
     let nb = nb.cast::<Opaque<bindings::notifier_block>>();
-    // SAFETY: `nb` is the `nb` field of a pinned `Inner<T>`, alive while registered.
+    // SAFETY: By the safety requirements `nb` is the `nb` field of a pinned `Inner<T>`, which by
+    // the type invariant of `Registration<T>` stays alive while registered.
     let inner = unsafe { &*container_of!(nb, Inner<T>, nb) };
     let freed = inner.data.out_of_memory();
     // SAFETY: `out_of_memory()` passes the address of its `unsigned long freed`.

@@ -32,6 +32,11 @@ use core::{marker::PhantomData, ptr::NonNull};
 /// It borrows the blocks for the duration of the callback: it is neither `Clone` nor `Send`,
 /// and the only thing that can be done with it besides reading its size is to give it to a
 /// device through an API that returns only once the device has finished with it.
+///
+/// # Invariants
+///
+/// `sg` is the first of `nents` valid scatterlist entries, chained as `sg_next` expects, which
+/// describe free blocks the page reporting core holds for the callback, for `'a`.
 pub struct ReportedPages<'a> {
     sg: NonNull<bindings::scatterlist>,
     nents: u32,
@@ -49,9 +54,10 @@ impl ReportedPages<'_> {
         let mut sg = self.sg.as_ptr();
         let mut total = 0u64;
         for _ in 0..self.nents {
-            // SAFETY: The core passes `nents` valid entries, chained as `sg_next` expects.
+            // SAFETY: By the type invariant, `sg` is one of the `nents` valid entries.
             total += u64::from(unsafe { (*sg).length });
-            // SAFETY: As above.
+            // SAFETY: By the type invariant, `sg` is one of the `nents` valid entries, chained as
+            // `sg_next` expects.
             sg = unsafe { bindings::sg_next(sg) };
         }
         total
@@ -81,6 +87,12 @@ struct Inner<T: Report> {
 ///
 /// Unregistering cancels the reporting work and waits for a running report to finish, so the
 /// data outlives every call of [`Report::report`]. Dropping it sleeps: process context only.
+///
+/// # Invariants
+///
+/// `self.0.info` is registered with the page reporting core, with `report_callback::<T>` as its
+/// `report`, from [`Registration::new`] until `drop` unregisters it; it stays pinned in the box
+/// meanwhile.
 pub struct Registration<T: Report>(Pin<KBox<Inner<T>>>);
 
 // SAFETY: The registration may be dropped from any thread; the data is `Send + Sync`.
@@ -113,20 +125,23 @@ impl<T: Report> Registration<T> {
         )?;
         // SAFETY: `info` is pinned and initialized, and stays registered until `drop`.
         to_result(unsafe { bindings::page_reporting_register(inner.info.get()) })?;
+        // INVARIANT: `info` was registered just above with `report_callback::<T>`; the box keeps
+        // it pinned.
         Ok(Self(inner))
     }
 
     /// The number of blocks per report the core settled on.
     pub fn capacity(&self) -> u32 {
-        // SAFETY: `info` is valid; the core writes `capacity` only in `register`.
+        // SAFETY: By the type invariant `info` is valid (pinned and registered); the core writes
+        // `capacity` only in `register`.
         unsafe { (*self.0.info.get()).capacity }
     }
 }
 
 impl<T: Report> Drop for Registration<T> {
     fn drop(&mut self) {
-        // SAFETY: `info` was registered in `new`. Unregistering unpublishes it, waits for RCU
-        // readers and cancels the reporting work synchronously.
+        // SAFETY: By the type invariant `info` is registered. Unregistering unpublishes it, waits
+        // for RCU readers and cancels the reporting work synchronously.
         unsafe { bindings::page_reporting_unregister(self.0.info.get()) };
     }
 }
@@ -142,8 +157,9 @@ unsafe extern "C" fn report_callback<T: Report>(
     sg: *mut bindings::scatterlist,
     nents: c_uint,
 ) -> c_int {
-    // SAFETY: `prdev` is the `info` field of a pinned `Inner<T>` (`Opaque` is transparent),
-    // alive while registered.
+    // SAFETY: By the safety requirements `prdev` is the `info` field of a pinned `Inner<T>`
+    // (`Opaque` is transparent), which by the type invariant of `Registration<T>` stays alive
+    // while registered.
     let inner = unsafe {
         &*container_of!(
             prdev.cast::<Opaque<bindings::page_reporting_dev_info>>(),
@@ -154,6 +170,8 @@ unsafe extern "C" fn report_callback<T: Report>(
     let Some(sg) = NonNull::new(sg) else {
         return EINVAL.to_errno();
     };
+    // INVARIANT: By the safety requirements, `sg` heads `nents` valid entries of free blocks the
+    // core holds until this call returns, which `pages` does not outlive.
     let pages = ReportedPages {
         sg,
         nents,

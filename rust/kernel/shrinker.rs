@@ -101,7 +101,8 @@ impl<T: Shrink> Drop for Shrinker<T> {
         // SAFETY: By the type invariant `p` is registered. When this returns, no callback runs
         // and none will (it waits for the callers' references).
         unsafe { bindings::shrinker_free(p) };
-        // SAFETY: `data` is the reference `register` leaked; no callback uses it any more.
+        // SAFETY: By the type invariant `data` is the reference `register` leaked with
+        // `Arc::into_raw`; no callback uses it any more.
         drop(unsafe { Arc::<T>::from_raw(data.cast()) });
     }
 }
@@ -127,7 +128,9 @@ unsafe extern "C" fn count_callback<T: Shrink>(
     s: *mut bindings::shrinker,
     _sc: *mut bindings::shrink_control,
 ) -> c_ulong {
-    // SAFETY: Reclaim calls this only for a registered shrinker, holding a reference to it.
+    // SAFETY: Reclaim calls this only for a registered shrinker, holding a reference to it; by the
+    // type invariant of `Shrinker<T>`, one with this callback was registered by
+    // `Shrinker::<T>::register` and is not freed before its `drop`.
     unsafe { data::<T>(s) }.count() as c_ulong
 }
 
@@ -142,7 +145,9 @@ unsafe extern "C" fn scan_callback<T: Shrink>(
 ) -> c_ulong {
     // SAFETY: Reclaim passes a valid `shrink_control` for this call.
     let nr = unsafe { (*sc).nr_to_scan };
-    // SAFETY: As in `count_callback`.
+    // SAFETY: Reclaim calls this only for a registered shrinker, holding a reference to it; by the
+    // type invariant of `Shrinker<T>`, one with this callback was registered by
+    // `Shrinker::<T>::register` and is not freed before its `drop`.
     match unsafe { data::<T>(s) }.scan(nr) {
         Some(freed) => freed as c_ulong,
         None => SHRINK_STOP,

@@ -85,9 +85,9 @@ impl Hinting {
         let mut bigger = KVVec::with_capacity((cap * 2).max(64), GFP_KERNEL)?;
         let mut blocks = self.blocks.lock();
         // Only the hint work adds blocks; the shrinker may have taken some meanwhile.
-        while let Some(b) = blocks.pop() {
+        while let Some(block) = blocks.pop() {
             // Within the capacity just reserved: does not allocate.
-            let _ = bigger.push(b, GFP_NOWAIT);
+            let _ = bigger.push(block, GFP_NOWAIT);
         }
         core::mem::swap(&mut *blocks, &mut bigger);
         drop(blocks);
@@ -101,8 +101,8 @@ impl Balloon {
     fn cmd_id_received(&self) -> u32 {
         if self.hint.read_cmd_id.swap(false, Ordering::AcqRel) {
             if let Ok(id) = self
-                .link()
-                .transport()
+                .pfn_queues()
+                .vq_set()
                 .read_config_le32(CFG_FREE_PAGE_HINT_CMD_ID)
             {
                 self.hint.received.store(id, Ordering::Relaxed);
@@ -136,10 +136,10 @@ impl Balloon {
     }
 
     fn hint_run(&self, vq: &PageQueue, cmd: u32) {
-        let order = self.link().order;
+        let order = self.pfn_queues().order;
         vq.drain();
         self.hint.active.store(cmd, Ordering::Relaxed);
-        if let Err(e) = vq.add_cmd_id(order.u32(cmd)) {
+        if let Err(e) = vq.add_cmd_id(order.to_device_u32(cmd)) {
             self.hint_message(format_args!("cannot send cmd id {}: {:?}", cmd, e));
             return;
         }
@@ -190,7 +190,7 @@ impl Balloon {
         }
 
         vq.drain();
-        if let Err(e) = vq.add_cmd_id(order.u32(CMD_ID_STOP)) {
+        if let Err(e) = vq.add_cmd_id(order.to_device_u32(CMD_ID_STOP)) {
             self.hint_message(format_args!("cannot send the stop id: {:?}", e));
         }
         vq.kick();

@@ -54,6 +54,14 @@ struct State {
     floor_backoff: Delta,
 }
 
+/// What an OOM deflate leaves behind, for its message.
+struct OomDeflated {
+    /// How long the balloon now waits before it inflates again.
+    hold: Delta,
+    /// Pages deflated on OOM since the last message, these included.
+    unreported: u64,
+}
+
 /// When the balloon may grow again.
 #[pin_data]
 pub(super) struct Pressure {
@@ -97,8 +105,8 @@ impl Pressure {
     }
 
     /// `pages` were deflated on OOM now; returns the hold that follows and the pages deflated
-    /// since the last call that returned them (for a message).
-    fn oom_deflated(&self, pages: u64) -> (Delta, u64) {
+    /// since the last message.
+    fn oom_deflated(&self, pages: u64) -> OomDeflated {
         let now = Instant::<Monotonic>::now();
         let mut s = self.state.lock();
         if let Some(last) = s.last_oom {
@@ -114,7 +122,10 @@ impl Pressure {
         }
         s.last_oom = Some(now);
         s.unreported += pages;
-        (s.hold, s.unreported)
+        OomDeflated {
+            hold: s.hold,
+            unreported: s.unreported,
+        }
     }
 
     fn reported(&self) {
@@ -144,17 +155,17 @@ impl oom::OomNotify for Balloon {
     fn out_of_memory(&self) -> usize {
         let freed = self.leak_now(OOM_NR_PAGES);
         if freed > 0 {
-            let (hold, total) = self.pressure.oom_deflated(u64::from(freed));
+            let deflated = self.pressure.oom_deflated(u64::from(freed));
             if let Some(suppressed) = self.pressure.msg.lock().allow(MESSAGE_INTERVAL) {
                 self.pressure.reported();
                 dev_info!(
                     self.dev(),
                     "deflated {} KiB on OOM ({} messages suppressed); balloon now {} MiB, \
                      no re-inflate for {} s\n",
-                    total * 4,
+                    deflated.unreported * 4,
                     suppressed,
                     self.num_pages() >> (20 - bindings::VIRTIO_BALLOON_PFN_SHIFT),
-                    hold.as_millis() / 1000
+                    deflated.hold.as_millis() / 1000
                 );
             }
         }

@@ -15,17 +15,20 @@ use kernel::{
     sync::Arc,
 };
 
-/// Registers `b` as the system's page reporting device, with room for as many blocks per
+/// Registers `balloon` as the system's page reporting device, with room for as many blocks per
 /// report as the reporting queue has descriptors.
-pub(super) fn register(b: &Arc<Balloon>) -> Result<Registration<Balloon>> {
-    let capacity = b.reporting_vq.as_ref().map_or(0, |vq| vq.vring_size());
+pub(super) fn register(balloon: &Arc<Balloon>) -> Result<Registration<Balloon>> {
+    let capacity = balloon
+        .reporting_vq
+        .as_ref()
+        .map_or(0, |vq| vq.vring_size());
     // As the C driver: 2 MiB blocks (order 5) with 64 KiB pages, where pageblock_order would
     // be 512 MiB; otherwise the core's choice (pageblock_order, or its module parameter).
     #[cfg(all(CONFIG_ARM64, CONFIG_ARM64_64K_PAGES))]
     let order = Some(5);
     #[cfg(not(all(CONFIG_ARM64, CONFIG_ARM64_64K_PAGES)))]
     let order = None;
-    page_reporting::Registration::new(b.clone(), capacity, order)
+    page_reporting::Registration::new(balloon.clone(), capacity, order)
 }
 
 /// Runs from the page reporting work (freezable system work queue, process context).

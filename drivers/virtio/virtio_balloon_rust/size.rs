@@ -18,7 +18,7 @@ use kernel::{
     prelude::*,
     sync::{aref::ARef, Arc, Mutex},
     time::Delta,
-    virtio::{self, Transport, Virtqueue},
+    virtio::{self, Virtqueue, VqSet},
     vmstat, workqueue,
 };
 
@@ -54,7 +54,7 @@ const RESERVE_MIN: u64 = 64 << 20;
 const RESERVE_MAX: u64 = 1 << 30;
 
 /// The message buffers of one round trip. A slot is `None` while its buffer is on a queue:
-/// inside [`HostLink::send`], or for the round trip in flight until it is waited for;
+/// inside [`PfnQueues::send`], or for the round trip in flight until it is waited for;
 /// waiting puts it back unless the device went away.
 type Pool = [Option<KBox<PfnBuf>>; BATCH];
 
@@ -65,9 +65,9 @@ enum Dir {
     Deflate,
 }
 
-/// State protected by `balloon_lock`: the balloon size, the message buffers, and the round
-/// trip in flight.
-struct Inner {
+/// The balloon's size and the traffic that changes it, protected by `balloon_lock`: the
+/// balloon size, the message buffers, and the round trip in flight.
+struct SizeState {
     /// Balloon size in 4 KiB balloon pages, as reported in `actual`.
     num_pages: u32,
     /// The PFN message buffers.
@@ -87,28 +87,30 @@ struct Inner {
     trip_told: usize,
 }
 
-/// What telling the host about pages needs: the inflate and deflate queues and
-/// `balloon_lock`. The balloon page list owns it, so that page migration
-/// (which tells the host too) always finds it alive.
+/// The inflate and deflate queues, which tell the host the page frame numbers that enter and
+/// leave the balloon, with what sending on them needs: the device's queue set and byte order,
+/// and `balloon_lock` over the balloon's size and message buffers. The balloon page list owns
+/// it (as its migrator), so that page migration (which tells the host too) always finds it
+/// alive.
 #[pin_data]
-pub(super) struct HostLink {
+pub(super) struct PfnQueues {
     dev: ARef<virtio::Device>,
     /// Byte order of the queue payloads, fixed while bound.
     pub(super) order: virtio::ByteOrder,
-    transport: Arc<Transport>,
+    vq_set: Arc<VqSet>,
     inflate_vq: Virtqueue<PfnBuf>,
     deflate_vq: Virtqueue<PfnBuf>,
     /// Held across a whole inflate or deflate, including the wait for the host.
     #[pin]
-    balloon_lock: Mutex<Inner>,
+    balloon_lock: Mutex<SizeState>,
     #[pin]
     stall_msg: Mutex<RateLimit>,
 }
 
-impl HostLink {
+impl PfnQueues {
     pub(super) fn new(
         dev: &virtio::Device<device::Core<'_>>,
-        transport: Arc<Transport>,
+        vq_set: Arc<VqSet>,
         inflate_vq: Virtqueue<PfnBuf>,
         deflate_vq: Virtqueue<PfnBuf>,
     ) -> Result<impl PinInit<Self>> {
@@ -120,13 +122,13 @@ impl HostLink {
         let trip = KVec::with_capacity(BATCH_PFNS, GFP_KERNEL)?;
         let order = dev.byte_order();
         let dev: ARef<virtio::Device> = dev.into();
-        Ok(pin_init!(HostLink {
+        Ok(pin_init!(PfnQueues {
             dev,
             order,
-            transport,
+            vq_set,
             inflate_vq,
             deflate_vq,
-            balloon_lock <- new_mutex!(Inner {
+            balloon_lock <- new_mutex!(SizeState {
                 num_pages: 0,
                 pfns,
                 moving,
@@ -153,8 +155,9 @@ impl HostLink {
         self.dev.has_feature(bit)
     }
 
-    pub(super) fn transport(&self) -> &Transport {
-        &self.transport
+    /// The device's queues and config space.
+    pub(super) fn vq_set(&self) -> &VqSet {
+        &self.vq_set
     }
 
     /// Writes the 4 KiB frame numbers of the guest page at `pfn` from index `n` on (message
@@ -166,7 +169,7 @@ impl HostLink {
             let Some(Some(buf)) = pfns.get_mut(n / ARRAY_PFNS_MAX) else {
                 return n;
             };
-            buf[n % ARRAY_PFNS_MAX] = self.order.u32(first.wrapping_add(i));
+            buf[n % ARRAY_PFNS_MAX] = self.order.to_device_u32(first.wrapping_add(i));
             n += 1;
         }
         n
@@ -252,30 +255,30 @@ impl HostLink {
 
     /// Waits until the host used every message of the round trip in flight, if any. Its
     /// pages stay in `trip` until the size work (or the OOM notifier) settles it.
-    fn wait_trip(&self, inner: &mut Inner) {
-        let vq = self.vq(inner.trip_dir);
-        if inner.trip_out > 0 && !self.wait_used(vq, &mut inner.pfns, inner.trip_out) {
-            inner.trip_told = 0;
+    fn wait_trip(&self, state: &mut SizeState) {
+        let vq = self.vq(state.trip_dir);
+        if state.trip_out > 0 && !self.wait_used(vq, &mut state.pfns, state.trip_out) {
+            state.trip_told = 0;
         }
-        inner.trip_out = 0;
+        state.trip_out = 0;
     }
 }
 
-impl balloon::Migrate for HostLink {
+impl balloon::Migrate for PfnQueues {
     /// Compaction moves a ballooned page: the host takes the new frame and gives back the old
     /// one, so the balloon keeps its size.
     fn migrate(&self, new_pfn: usize, old_pfn: usize) -> Result {
         // Compaction must not wait behind a long inflate or deflate.
-        let mut inner = self.balloon_lock.try_lock().ok_or(EAGAIN)?;
+        let mut state = self.balloon_lock.try_lock().ok_or(EAGAIN)?;
         // Behind at most the one round trip in flight.
-        self.wait_trip(&mut inner);
-        let n = self.put_pfns(&mut inner.pfns, 0, new_pfn);
+        self.wait_trip(&mut state);
+        let n = self.put_pfns(&mut state.pfns, 0, new_pfn);
         // If the host never heard of the new page, the old one stays in the balloon.
-        if n == 0 || self.send(&self.inflate_vq, &mut inner.pfns, n) != n {
+        if n == 0 || self.send(&self.inflate_vq, &mut state.pfns, n) != n {
             return Err(EAGAIN);
         }
-        let n = self.put_pfns(&mut inner.pfns, 0, old_pfn);
-        self.send(&self.deflate_vq, &mut inner.pfns, n);
+        let n = self.put_pfns(&mut state.pfns, 0, old_pfn);
+        self.send(&self.deflate_vq, &mut state.pfns, n);
         Ok(())
     }
 }
@@ -295,7 +298,7 @@ pub(super) struct Sizing {
     filling: Mutex<KVec<BalloonPage>>,
     /// "Out of puff" messages.
     #[pin]
-    puff: Mutex<RateLimit>,
+    out_of_puff_msg: Mutex<RateLimit>,
     /// Set when the config space changed (atomic context): `target` is stale.
     reread: AtomicBool,
     /// The host's target (`num_pages`) as last read.
@@ -309,7 +312,7 @@ impl Sizing {
         let filling = KVec::with_capacity(BATCH_PFNS, GFP_KERNEL)?;
         Ok(pin_init!(Sizing {
             filling <- new_mutex!(filling),
-            puff <- new_mutex!(RateLimit::new()),
+            out_of_puff_msg <- new_mutex!(RateLimit::new()),
             reread: AtomicBool::new(true),
             target: AtomicU32::new(0),
             oom_waiting: AtomicU32::new(0),
@@ -333,7 +336,7 @@ impl Balloon {
     /// every change of the target, so a cached value is only stale once `reread` is set.
     pub(super) fn towards_target(&self, fresh: bool) -> i64 {
         let num_pages = if self.size.reread.swap(false, Ordering::AcqRel) || fresh {
-            let Ok(n) = self.link().transport().read_config_le32(CFG_NUM_PAGES) else {
+            let Ok(n) = self.pfn_queues().vq_set().read_config_le32(CFG_NUM_PAGES) else {
                 self.size.reread.store(true, Ordering::Release);
                 return 0;
             };
@@ -344,18 +347,18 @@ impl Balloon {
         };
         // ALIGN(): whole guest pages, wrapping like the C driver on absurd values.
         let target = num_pages.wrapping_add(PAGES_PER_PAGE - 1) & !(PAGES_PER_PAGE - 1);
-        let inner = self.link().balloon_lock.lock();
+        let state = self.pfn_queues().balloon_lock.lock();
         // The pages of the round trip in flight are on their way in or out.
-        let moving = match inner.trip_dir {
-            Dir::Inflate => inner.trip_told as i64,
-            Dir::Deflate => -(inner.trip_told as i64),
+        let moving = match state.trip_dir {
+            Dir::Inflate => state.trip_told as i64,
+            Dir::Deflate => -(state.trip_told as i64),
         };
-        i64::from(target) - i64::from(inner.num_pages) - moving
+        i64::from(target) - i64::from(state.num_pages) - moving
     }
 
     /// Balloon size in 4 KiB pages.
     pub(super) fn num_pages(&self) -> u32 {
-        self.link().balloon_lock.lock().num_pages
+        self.pfn_queues().balloon_lock.lock().num_pages
     }
 
     /// Reports the balloon size to the host.
@@ -367,8 +370,8 @@ impl Balloon {
     fn tell_actual(&self, num_pages: u32) {
         // Fails only once the device is gone, when there is nobody to tell.
         let _ = self
-            .link()
-            .transport()
+            .pfn_queues()
+            .vq_set()
             .write_config_le32(CFG_ACTUAL, num_pages);
     }
 
@@ -436,7 +439,7 @@ impl Balloon {
             moved += u64::from(got);
             diff = this.towards_target(false);
         }
-        let _ = this.settle(&mut this.link().balloon_lock.lock());
+        let _ = this.settle(&mut this.pfn_queues().balloon_lock.lock());
         this.update_balloon_size();
         match retry {
             Some(wait) => Self::retry_size_work(this, wait),
@@ -448,7 +451,7 @@ impl Balloon {
     /// Says (rate-limited) that the balloon could not grow by `n` 4 KiB pages: the reserve
     /// is reached (`floor`), or the page allocator had nothing to give without reclaim.
     pub(super) fn out_of_puff(&self, n: u64, floor: bool) {
-        if let Some(suppressed) = self.size.puff.lock().allow(MESSAGE_INTERVAL) {
+        if let Some(suppressed) = self.size.out_of_puff_msg.lock().allow(MESSAGE_INTERVAL) {
             let why = if floor {
                 "without starving the guest"
             } else {
@@ -486,8 +489,8 @@ impl Balloon {
         // No message buffer, and none in flight: a round trip was cut off by the device
         // going away.
         let lost = {
-            let inner = self.link().balloon_lock.lock();
-            inner.pfns[0].is_none() && inner.trip_out == 0
+            let state = self.pfn_queues().balloon_lock.lock();
+            state.pfns[0].is_none() && state.trip_out == 0
         };
         if lost {
             return 0;
@@ -510,7 +513,7 @@ impl Balloon {
         }
 
         self.turn(
-            &mut self.link().balloon_lock.lock(),
+            &mut self.pfn_queues().balloon_lock.lock(),
             Dir::Inflate,
             &mut new_pages,
         )
@@ -520,29 +523,29 @@ impl Balloon {
     /// (which the host worked on while these pages were gathered). Returns how many 4 KiB
     /// frames the host was told of. Of `pages`, those told of wait in `trip` until the host
     /// used them; the others go back where they came from at once.
-    fn turn(&self, inner: &mut Inner, dir: Dir, pages: &mut KVec<BalloonPage>) -> u32 {
-        let link = self.link();
+    fn turn(&self, state: &mut SizeState, dir: Dir, pages: &mut KVec<BalloonPage>) -> u32 {
+        let queues = self.pfn_queues();
         // The buffers of the previous round trip carry this one.
-        link.wait_trip(inner);
+        queues.wait_trip(state);
         if dir == Dir::Inflate && self.size.oom_waiting.load(Ordering::Acquire) > 0 {
             // The OOM notifier is next: it must not wait behind this round trip too.
-            self.finish_trip(inner);
+            self.finish_trip(state);
             pages.clear();
             return 0;
         }
         let mut n = 0;
         // No more than `trip` holds once emptied: the pages told of all go there.
-        for page in pages.iter().take(inner.trip.capacity()) {
-            n = link.put_pfns(&mut inner.pfns, n, page.pfn());
+        for page in pages.iter().take(state.trip.capacity()) {
+            n = queues.put_pfns(&mut state.pfns, n, page.pfn());
         }
-        let (told, out) = link.submit(link.vq(dir), &mut inner.pfns, n);
+        let (told, out) = queues.submit(queues.vq(dir), &mut state.pfns, n);
         let told = whole_pages(told);
         // The previous round trip's pages move while the host works on this one.
-        self.finish_trip(inner);
+        self.finish_trip(state);
         let mut pages = pages.drain_all();
         for page in pages.by_ref().take(told / PAGES_PER_PAGE as usize) {
             // Cannot fail: `trip` was emptied above, and no more pages were told than it holds.
-            let _ = inner.trip.push_within_capacity(page);
+            let _ = state.trip.push_within_capacity(page);
         }
         match dir {
             Dir::Inflate => drop(pages),
@@ -550,9 +553,9 @@ impl Balloon {
                 self.pages.enqueue_all(pages);
             }
         }
-        inner.trip_dir = dir;
-        inner.trip_out = out;
-        inner.trip_told = told;
+        state.trip_dir = dir;
+        state.trip_out = out;
+        state.trip_told = told;
         told as u32
     }
 
@@ -563,39 +566,39 @@ impl Balloon {
     /// host used the message that told it (MUST_TELL_HOST), and none enters the balloon (where
     /// a deflate could take it) before the host used its inflate. Returns how many 4 KiB
     /// frames went back to the guest.
-    fn settle(&self, inner: &mut Inner) -> u32 {
-        self.link().wait_trip(inner);
-        self.finish_trip(inner)
+    fn settle(&self, state: &mut SizeState) -> u32 {
+        self.pfn_queues().wait_trip(state);
+        self.finish_trip(state)
     }
 
     /// The second half of [`Balloon::settle`], once the host used the round trip; returns
     /// how many 4 KiB frames went back to the guest.
-    fn finish_trip(&self, inner: &mut Inner) -> u32 {
-        if inner.trip.is_empty() {
+    fn finish_trip(&self, state: &mut SizeState) -> u32 {
+        if state.trip.is_empty() {
             return 0;
         }
-        let told = inner.trip_told / PAGES_PER_PAGE as usize;
-        let mut pages = inner.trip.drain_all();
-        let released = match inner.trip_dir {
+        let told = state.trip_told / PAGES_PER_PAGE as usize;
+        let mut pages = state.trip.drain_all();
+        let released = match state.trip_dir {
             Dir::Inflate => {
                 let n = self.pages.enqueue_all(pages.by_ref().take(told));
                 drop(pages);
-                inner.num_pages += n as u32 * PAGES_PER_PAGE;
+                state.num_pages += n as u32 * PAGES_PER_PAGE;
                 0
             }
             Dir::Deflate => {
                 // Told of and used: back to the guest (MUST_TELL_HOST).
                 pages.by_ref().take(told).for_each(drop);
                 self.pages.enqueue_all(pages);
-                inner.num_pages -= (told as u32) * PAGES_PER_PAGE;
+                state.num_pages -= (told as u32) * PAGES_PER_PAGE;
                 told as u32 * PAGES_PER_PAGE
             }
         };
-        inner.trip_told = 0;
+        state.trip_told = 0;
         // Once per round trip, as soon as the pages moved: a host that compares `actual`
         // with its target must not take a stale value for the end of a change.
         if told > 0 {
-            self.tell_actual(inner.num_pages);
+            self.tell_actual(state.num_pages);
         }
         released
     }
@@ -604,7 +607,7 @@ impl Balloon {
     /// was told of. The pages go back to the guest when the round trip settles: at the next
     /// one, or at the end of the size work (see [`Balloon::leak_now`]).
     pub(super) fn leak(&self, num: u64) -> u32 {
-        self.leak_locked(&mut self.link().balloon_lock.lock(), num)
+        self.leak_locked(&mut self.pfn_queues().balloon_lock.lock(), num)
     }
 
     /// Deflates by up to `num` 4 KiB pages and waits until they are back in the guest; returns
@@ -612,40 +615,40 @@ impl Balloon {
     /// waits for the lock, so it waits behind at most the round trip in flight and its own.
     pub(super) fn leak_now(&self, num: u64) -> u32 {
         self.size.oom_waiting.fetch_add(1, Ordering::AcqRel);
-        let mut inner = self.link().balloon_lock.lock();
+        let mut state = self.pfn_queues().balloon_lock.lock();
         self.size.oom_waiting.fetch_sub(1, Ordering::AcqRel);
-        self.leak_locked(&mut inner, num);
-        self.settle(&mut inner)
+        self.leak_locked(&mut state, num);
+        self.settle(&mut state)
     }
 
-    fn leak_locked(&self, inner: &mut Inner, num: u64) -> u32 {
+    fn leak_locked(&self, state: &mut SizeState, num: u64) -> u32 {
         // No message buffer and none in flight: a send was cut off by the device going away;
         // nothing can be told.
-        if inner.pfns[0].is_none() && inner.trip_out == 0 {
+        if state.pfns[0].is_none() && state.trip_out == 0 {
             return 0;
         }
         // Pages in the balloon list: not those of the round trip in flight.
-        let listed = match inner.trip_dir {
-            Dir::Inflate => inner.num_pages,
-            Dir::Deflate => inner.num_pages - inner.trip_told as u32,
+        let listed = match state.trip_dir {
+            Dir::Inflate => state.num_pages,
+            Dir::Deflate => state.num_pages - state.trip_told as u32,
         };
         let num = min(min(num, BATCH_PFNS as u64), u64::from(listed)) as u32;
         // Taken out while the host still works on the previous round trip: nobody else
         // can deflate them, and they go back to the guest only after the host was told.
-        let (pages, moving) = (&self.pages, &mut inner.moving);
+        let (pages, moving) = (&self.pages, &mut state.moving);
         pages.dequeue_many(num.div_ceil(PAGES_PER_PAGE) as usize, |page| {
             // `moving` has room for a round trip: this cannot fail, but would lose no page.
             if let Err(PushError(page)) = moving.push_within_capacity(page) {
                 pages.enqueue(page);
             }
         });
-        if inner.moving.is_empty() {
+        if state.moving.is_empty() {
             return 0;
         }
-        let mut moving = core::mem::take(&mut inner.moving);
-        let told = self.turn(inner, Dir::Deflate, &mut moving);
+        let mut moving = core::mem::take(&mut state.moving);
+        let told = self.turn(state, Dir::Deflate, &mut moving);
         // Keeps its capacity for the next round trip.
-        inner.moving = moving;
+        state.moving = moving;
         told
     }
 
@@ -665,7 +668,7 @@ impl Balloon {
             // host cannot be told. Then the pages stay in the balloon until the device is
             // reset, which makes the host forget them, and are freed after that.
             idle += 1;
-            if !self.link().deflate_vq.is_live() || idle > 1000 {
+            if !self.pfn_queues().deflate_vq.is_live() || idle > 1000 {
                 dev_err!(
                     self.dev(),
                     "cannot tell the host about {} balloon pages; they are freed after the \

@@ -25,11 +25,11 @@ impl Balloon {
     /// Fills `buf` with the current statistics, in the C driver's order; returns the number
     /// of bytes used.
     fn update_stats(&self, buf: &mut StatsBuf) -> usize {
-        let order = self.link().order;
+        let order = self.pfn_queues().order;
         let mut n = 0;
         let mut put = |tag: u32, val: u64| {
-            let tag = order.u16(tag as u16);
-            let val = order.u64(val);
+            let tag = order.to_device_u16(tag as u16);
+            let val = order.to_device_u64(val);
             buf[n..n + 2].copy_from_slice(&tag.to_ne_bytes());
             buf[n + 2..n + STAT_SIZE].copy_from_slice(&val.to_ne_bytes());
             n += STAT_SIZE;

@@ -124,7 +124,7 @@ const MESSAGE_INTERVAL: Delta = Delta::from_secs(5);
 struct Balloon {
     /// The pages in the balloon, and the queues that tell the host about them.
     #[pin]
-    pages: BalloonPages<size::HostLink>,
+    pages: BalloonPages<size::PfnQueues>,
     #[pin]
     size: size::Sizing,
     stats_vq: Option<Virtqueue<stats::StatsBuf>>,
@@ -229,7 +229,7 @@ impl Balloon {
                 callback: true,
             },
         ];
-        let (transport, mut vqs) = finder.find_vqs(dev, &queues)?;
+        let (vq_set, mut vqs) = finder.find_vqs(dev, &queues)?;
         let mut take = |slot: usize| vqs[slot].take().ok_or(ENODEV);
         let inflate_vq = Virtqueue::new(take(VQ_INFLATE)?)?;
         let deflate_vq = Virtqueue::new(take(VQ_DEFLATE)?)?;
@@ -261,7 +261,7 @@ impl Balloon {
             try_pin_init!(Balloon {
                 pages <- BalloonPages::new(
                     adjust_managed,
-                    size::HostLink::new(dev, transport, inflate_vq, deflate_vq)?,
+                    size::PfnQueues::new(dev, vq_set, inflate_vq, deflate_vq)?,
                 ),
                 size <- size::Sizing::new()?,
                 stats_vq,
@@ -280,23 +280,23 @@ impl Balloon {
         )
     }
 
-    /// The queues and lock for talking to the host.
-    fn link(&self) -> &size::HostLink {
+    /// The inflate and deflate queues, and `balloon_lock`, for talking to the host.
+    fn pfn_queues(&self) -> &size::PfnQueues {
         self.pages.migrator()
     }
 
     /// The device, for messages.
     fn dev(&self) -> &device::Device {
-        self.link().dev()
+        self.pfn_queues().dev()
     }
 
     /// The virtio device, for wakeup events.
     fn vdev(&self) -> &virtio::Device {
-        self.link().vdev()
+        self.pfn_queues().vdev()
     }
 
     fn has_feature(&self, bit: u32) -> bool {
-        self.link().has_feature(bit)
+        self.pfn_queues().has_feature(bit)
     }
 
     /// Stops the work items: nothing queues them any more, and none runs.
@@ -337,7 +337,7 @@ impl Registrations {
 
 /// The device while it is live: from probe or restore to unbind, freeze or shutdown.
 struct Live {
-    b: Arc<Balloon>,
+    balloon: Arc<Balloon>,
     regs: Registrations,
 }
 
@@ -347,32 +347,33 @@ impl Live {
         dev: &virtio::Device<device::Core<'_>>,
         queues: QueueFinder<BalloonDriver>,
     ) -> Result<Self> {
-        let b = Balloon::new(dev, queues)?;
+        let balloon = Balloon::new(dev, queues)?;
         let has = |f| dev.has_feature(f);
         // The host may read the poison value from DRIVER_OK on: write it now, once.
         if has(F_PAGE_POISON) {
-            let val = balloon::poison_value().unwrap_or(0);
-            b.link()
-                .transport()
+            let val = kernel::balloon::poison_value().unwrap_or(0);
+            balloon
+                .pfn_queues()
+                .vq_set()
                 .write_config_le32(CFG_POISON_VAL, val)?;
         }
         let shrinker = match has(F_FREE_PAGE_HINT) {
-            true => Some(Shrinker::register(c"virtio-balloon", b.clone())?),
+            true => Some(Shrinker::register(c"virtio-balloon", balloon.clone())?),
             false => None,
         };
         let oom = match has(F_DEFLATE_ON_OOM) {
             true => Some(oom_notifier::Registration::new(
-                b.clone(),
+                balloon.clone(),
                 oom::NOTIFY_PRIORITY,
             )?),
             false => None,
         };
         let reporting = match has(F_REPORTING) {
-            true => Some(reporting::register(&b)?),
+            true => Some(reporting::register(&balloon)?),
             false => None,
         };
         Ok(Live {
-            b,
+            balloon,
             regs: Registrations {
                 reporting,
                 oom,
@@ -391,24 +392,24 @@ impl Live {
     /// A `Live` dropped without `stop` (only if probe fails after [`Live::start`], before
     /// the device is ready) unregisters on drop and holds no pages.
     fn stop(self, dev: &virtio::Device<device::Core<'_>>, give_back: bool) -> Arc<Balloon> {
-        let Live { b, regs } = self;
+        let Live { balloon, regs } = self;
         let oom = regs.drop_all_but_oom();
-        Balloon::quiesce(&b);
+        Balloon::quiesce(&balloon);
         if give_back {
             // The OOM notifier stays while the balloon empties: an allocation that fails
             // meanwhile still gets balloon pages. The C driver unregisters it first, and a
             // process that allocates then can be OOM-killed with the balloon still full.
-            b.deflate_all();
+            balloon.deflate_all();
         }
         // Waits for a notifier call in flight; none reaches the balloon after this.
         drop(oom);
         if give_back {
-            b.update_balloon_size();
+            balloon.update_balloon_size();
         }
-        b.link().transport().delete(dev);
+        balloon.pfn_queues().vq_set().delete(dev);
         // Only now, with the device reset, do the hinted blocks go back: none is on a ring.
-        b.return_hints(usize::MAX);
-        b
+        balloon.return_hints(usize::MAX);
+        balloon
     }
 }
 
@@ -432,27 +433,27 @@ struct VirtioBalloon {
 impl VirtioBalloon {
     /// The live balloon, if any.
     fn balloon(&self) -> Option<Arc<Balloon>> {
-        self.live.lock().as_ref().map(|l| l.b.clone())
+        self.live.lock().as_ref().map(|live| live.balloon.clone())
     }
 
     /// The host changed the config space, or the driver just came up (atomic context).
     fn changed(&self) {
         let live = self.live.lock();
-        let Some(Live { b, .. }) = &*live else {
+        let Some(Live { balloon, .. }) = &*live else {
             return;
         };
-        b.size.config_changed();
+        balloon.size.config_changed();
         // Held while queueing, so `quiesce` cannot miss a work item queued here.
-        let stop = b.stop_update.lock();
+        let stop = balloon.stop_update.lock();
         if *stop {
             return;
         }
-        Balloon::enqueue_size_work(b);
+        Balloon::enqueue_size_work(balloon);
         if let Some(wq) = &self.hint_wq {
             // The cmd id is read in the work (config reads sleep); queue it only when no read
             // is pending, as the C driver does.
-            if b.hint.cmd_id_changed() {
-                let _ = wq.enqueue::<Arc<Balloon>, 2>(b.clone());
+            if balloon.hint.cmd_id_changed() {
+                let _ = wq.enqueue::<Arc<Balloon>, 2>(balloon.clone());
             }
         }
     }
@@ -534,21 +535,21 @@ impl virtio::Driver for BalloonDriver {
         dev: &'bound virtio::Device<device::Core<'_>>,
         this: Pin<&VirtioBalloon>,
     ) -> Result {
-        let b = this.balloon().ok_or(ENODEV)?;
+        let balloon = this.balloon().ok_or(ENODEV)?;
         // Prime the stats queue: the host returns the buffer when it wants an update. The C
         // driver fails the probe (or the restore) when this fails, and so do we.
-        b.prime_stats().inspect_err(|e| {
+        balloon.prime_stats().inspect_err(|e| {
             dev_err!(dev.as_ref(), "cannot set up the stats queue: {:?}\n", e);
         })?;
         // Empty after a restore: say so, in case the host missed it before the reset.
-        b.update_balloon_size();
+        balloon.update_balloon_size();
         // The host may have set a target (or a hint cmd id) before the driver came.
-        if b.towards_target(true) != 0 {
+        if balloon.towards_target(true) != 0 {
             this.changed();
         }
         // The size work may have cached a target that changed before the read above: it
         // reads afresh next time.
-        b.size.config_changed();
+        balloon.size.config_changed();
         Ok(())
     }
 
@@ -560,8 +561,8 @@ impl virtio::Driver for BalloonDriver {
         // Waiters on the inflate, deflate and reporting queues are woken by the bus; the hint
         // queue is polled.
         if slot == VQ_STATS {
-            if let Some(Live { b, .. }) = &*this.live.lock() {
-                Balloon::stats_request(b);
+            if let Some(Live { balloon, .. }) = &*this.live.lock() {
+                Balloon::stats_request(balloon);
             }
         }
     }
