@@ -259,7 +259,7 @@ fn check_one(
     }
     say(
         &pb,
-        format!("   done ({:.1}s)", vm.started.elapsed().as_secs_f64()),
+        format!("   {tag}done ({:.1}s)", vm.started.elapsed().as_secs_f64()),
     );
     pb.finish_and_clear();
     // KUnit runs in the kernel before init; the kselftests after it.
