@@ -50,8 +50,8 @@ fn page_list(slot: &mut MaybeUninit<bindings::list_head>) -> *mut bindings::list
 ///
 /// # Invariants
 ///
-/// `self.0` is a valid page whose only reference this value holds, and which is on no list (its
-/// `lru` is free).
+/// `self.0` is a valid page of which this value holds the reference its allocation gave (others,
+/// such as compaction's, are only ever temporary), and which is on no list (its `lru` is free).
 pub struct BalloonPage(NonNull<bindings::page>);
 
 // SAFETY: By the type invariant the page is owned by this value; freeing it may happen on any
@@ -130,7 +130,8 @@ impl BalloonPage {
 
 impl Drop for BalloonPage {
     fn drop(&mut self) {
-        // SAFETY: By the type invariant we own the only reference to the page.
+        // SAFETY: By the type invariant this value holds a reference to the page, which it
+        // gives back here, once.
         unsafe { bindings::put_page(self.0.as_ptr()) };
     }
 }

@@ -176,7 +176,7 @@ impl<T: Driver + 'static> Adapter<T> {
         unsafe { core::ptr::write_volatile(addr_of_mut!((*vdev).priv_), core::ptr::null_mut()) };
         let r = from_result(|| {
             dev.as_ref()
-                .set_drvdata(T::probe(dev, QueueFinder(PhantomData)))?;
+                .set_drvdata(T::probe(dev, QueueFinder::new(vdev)))?;
             // The queue and config callbacks reach the driver through drvdata, so the device may
             // only start once drvdata is set: no queue interrupt comes before DRIVER_OK, and the
             // core enables config change callbacks only after `probe` returns.
@@ -218,8 +218,11 @@ impl<T: Driver + 'static> Adapter<T> {
         // successful `probe`), holding the device lock, after disabling config change
         // callbacks.
         let bound = unsafe { Self::bound::<device::CoreInternal<'_>>(vdev) };
+        // Always set: a bound device passed `probe`.
         if let Some((dev, data)) = bound {
             T::unbind(dev, data);
+        } else {
+            crate::warn_on!(true);
         }
         // SAFETY: `vdev` is valid while `remove` runs, and the driver is done with the device;
         // `priv` is NULL or set by `find_vqs` (the bus owns it while `T` is bound).
@@ -289,8 +292,11 @@ impl<T: Driver + 'static> Adapter<T> {
         // SAFETY: The core calls `shutdown` on a valid device holding the device lock; it
         // calls the driver's only while it is bound to `T`.
         let bound = unsafe { Self::bound::<device::CoreInternal<'_>>(vdev) };
+        // Always set: the core calls the driver's `shutdown` only while it is bound.
         if let Some((dev, data)) = bound {
             T::shutdown(dev, data);
+        } else {
+            crate::warn_on!(true);
         }
         // SAFETY: `vdev` is valid while `shutdown` runs. Breaks the device, waits for callbacks
         // and resets it, as the core does for drivers without a `shutdown`.
@@ -308,6 +314,7 @@ impl<T: Driver + 'static> Adapter<T> {
         let bound = unsafe { Self::bound::<device::CoreInternal<'_>>(vdev) };
         // Always set: a bound device passed `probe`.
         let Some((dev, data)) = bound else {
+            crate::warn_on!(true);
             return ENODEV.to_errno();
         };
         from_result(|| {
@@ -329,10 +336,11 @@ impl<T: Driver + 'static> Adapter<T> {
         let bound = unsafe { Self::bound::<device::CoreInternal<'_>>(vdev) };
         // Always set: a bound device passed `probe`.
         let Some((dev, data)) = bound else {
+            crate::warn_on!(true);
             return ENODEV.to_errno();
         };
         from_result(|| {
-            let r = T::restore(dev, data, QueueFinder(PhantomData)).and_then(|()| {
+            let r = T::restore(dev, data, QueueFinder::new(vdev)).and_then(|()| {
                 // As in `probe`: live once the queues exist, then `ready`.
                 //
                 // SAFETY: `vdev` is valid and bound while `restore` runs; its queues (if any)

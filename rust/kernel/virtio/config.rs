@@ -62,10 +62,17 @@ impl ConfigField {
 impl VqSet {
     /// Checks that `field` lies inside the driver's `Config` and, for a field that exists only
     /// with a feature, that the feature was negotiated: only then does the device expose it.
-    /// `vdev` is the device, inside [`VqSet::with_live`].
-    fn check_config(&self, vdev: *mut bindings::virtio_device, field: ConfigField) -> Result<u32> {
-        // SAFETY: The caller runs this inside `with_live`, where by the type invariant of
-        // `VqSet` the device is valid.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be the device `with_live` passed to the closure this runs in.
+    unsafe fn check_config(
+        &self,
+        vdev: *mut bindings::virtio_device,
+        field: ConfigField,
+    ) -> Result<u32> {
+        // SAFETY: By the safety requirements this runs inside `with_live` with its device,
+        // which by the type invariant of `VqSet` is valid there.
         field.offset_in(self.config_size, |bit| unsafe {
             bindings::__virtio_test_bit(vdev, bit)
         })
@@ -77,7 +84,8 @@ impl VqSet {
             return Err(EINVAL);
         }
         self.with_live(|vdev| {
-            let offset = self.check_config(vdev, field)?;
+            // SAFETY: `vdev` is the device `with_live` passed to this closure.
+            let offset = unsafe { self.check_config(vdev, field) }?;
             // SAFETY: By the type invariant of `VqSet`, the device is valid and bound inside
             // `with_live`; the field is inside the config space the device exposes (checked
             // above).
@@ -91,7 +99,8 @@ impl VqSet {
             return Err(EINVAL);
         }
         self.with_live(|vdev| {
-            let offset = self.check_config(vdev, field)?;
+            // SAFETY: `vdev` is the device `with_live` passed to this closure.
+            let offset = unsafe { self.check_config(vdev, field) }?;
             // SAFETY: By the type invariant of `VqSet`, the device is valid and bound inside
             // `with_live`; the field is inside the config space the device exposes (checked
             // above).

@@ -25,16 +25,36 @@ use core::{
 
 /// Lets driver `T` set up its device's queues; the bus hands it to [`Driver::probe`] and
 /// [`Driver::restore`] only, so queue callbacks always reach `T`'s data.
-pub struct QueueFinder<T: ?Sized>(pub(super) PhantomData<fn(&T)>);
+///
+/// # Invariants
+///
+/// `vdev` is the device whose `probe` or `restore` callback of `T` the finder was made for.
+/// The raw pointer also makes the finder neither `Send` nor `Sync`, so it cannot leave that
+/// callback's thread for a work item or the driver's shared data.
+pub struct QueueFinder<T: ?Sized> {
+    vdev: *mut bindings::virtio_device,
+    _driver: PhantomData<fn(&T)>,
+}
 
 impl<T: Driver + 'static> QueueFinder<T> {
+    /// The finder for `T`'s `probe` or `restore` callback on `vdev`.
+    pub(super) fn new(vdev: *mut bindings::virtio_device) -> Self {
+        // INVARIANT: The bus makes a finder only in `T`'s `probe` and `restore` callbacks, for
+        // the device they got.
+        Self {
+            vdev,
+            _driver: PhantomData,
+        }
+    }
+
     /// Sets up the queues named in `queues`, in order. A queue without a name gets no index
     /// on the device and no handle; one with `callback` set calls [`Driver::queue_done`] with
     /// its position in the list.
     ///
-    /// Fails with `EBUSY` when the device still has live queues.
+    /// Fails with `EINVAL` for another device than the finder's, and with `EBUSY` when the
+    /// device still has live queues.
     pub fn find_vqs(
-        &self,
+        self,
         dev: &Device<device::Core<'_>>,
         queues: &[QueueInfo],
     ) -> Result<(Arc<VqSet>, KVec<Option<VqHandle>>)> {
@@ -42,6 +62,11 @@ impl<T: Driver + 'static> QueueFinder<T> {
             return Err(EINVAL);
         }
         let vdev = dev.as_raw();
+        // The queue callbacks of `T` reach `T`'s data through this device's drvdata: only the
+        // device `T` is bound to may get them.
+        if vdev != self.vdev {
+            return Err(EINVAL);
+        }
         // SAFETY: By the type invariant of `Device`, `vdev` is valid; `priv` belongs to this
         // abstraction while the driver is bound (Core: we are in its `probe` or `restore`).
         if !unsafe { (*vdev).priv_ }.is_null() {
@@ -198,8 +223,10 @@ pub struct VqSet {
 // while `alive`, i.e. while the driver is bound; the virtio functions called on them may be
 // called from any thread.
 unsafe impl Send for VqSet {}
-// SAFETY: By the type invariant, every access to the device and its queues holds `state`'s lock
-// (a mutex); the other fields are a spinlock and a condition variable.
+// SAFETY: By the type invariant, every access to the device's queues and config space holds
+// `state`'s lock (a mutex). The bus reference in the device's `priv` is released (`delete`,
+// `kill`) only under the device lock or the parent's (Core), which serializes those too. The
+// other fields are a spinlock and a condition variable.
 unsafe impl Sync for VqSet {}
 
 impl VqSet {
@@ -272,9 +299,10 @@ impl VqSet {
         // Only this set's own reference: after a `restore`, `priv` may hold a newer one.
         let had_ref = core::mem::replace(&mut self.state.lock().bus_ref, false);
         if had_ref {
-            // SAFETY: `dev` is `vdev`, valid and bound, and we hold its device lock (Core); by
-            // the type invariant, `priv` holds the bus's reference to this set (`bus_ref` was
-            // set), whose queues are deleted now.
+            // SAFETY: `dev` is `vdev`, valid and bound, and the caller holds the device's lock
+            // or its parent's (Core), which serializes every writer of `priv`; `priv` is NULL
+            // or the reference `find_vqs` stored, as `release_bus_ref` requires. This set's
+            // queues are deleted now.
             unsafe { Self::release_bus_ref(self.vdev) };
         }
     }
@@ -610,12 +638,16 @@ impl PageQueue {
     }
 
     /// Takes every used buffer off the ring, freeing command id buffers and counting report
-    /// buffers in `reports_done`. `vq` is the queue, inside [`PageQueue::with_live`].
-    fn drain_locked(&self, vq: *mut bindings::virtqueue) {
+    /// buffers in `reports_done`.
+    ///
+    /// # Safety
+    ///
+    /// `vq` must be the queue [`PageQueue::with_live`] passed to the closure this runs in.
+    unsafe fn drain_locked(&self, vq: *mut bindings::virtqueue) {
         loop {
             let mut len = 0u32;
-            // SAFETY: The caller runs this inside `with_live`, where by the type invariants the
-            // queue is valid.
+            // SAFETY: By the safety requirements this runs inside `with_live` with its queue,
+            // which by the type invariants is valid there.
             let token = unsafe { bindings::virtqueue_get_buf(vq, &mut len) };
             if token.is_null() {
                 return;
@@ -632,7 +664,8 @@ impl PageQueue {
 
     /// Takes the buffers the device is done with off the ring.
     pub fn drain(&self) {
-        let _ = self.with_live(|vq| self.drain_locked(vq));
+        // SAFETY: `vq` is the queue `with_live` passed to this closure.
+        let _ = self.with_live(|vq| unsafe { self.drain_locked(vq) });
     }
 
     /// Gives the device a 32-bit command id to read (`id` already in the device's byte order).
@@ -720,7 +753,8 @@ impl PageQueue {
     ) -> Result {
         use core::sync::atomic::Ordering::Relaxed;
         let before = self.with_live(|vq| {
-            self.drain_locked(vq);
+            // SAFETY: `vq` is the queue `with_live` passed to this closure.
+            unsafe { self.drain_locked(vq) };
             let before = self.reports_done.load(Relaxed);
             // `pages` holds `nents` valid entries describing free blocks the page allocator
             // isolated for the duration of our caller's callback; this function returns only
@@ -746,7 +780,8 @@ impl PageQueue {
         // Counted under the lock, whoever drained: one report is in flight at a time. Deleted:
         // the device was reset before the ring was freed, and the pages are ours again.
         self.vq_set.wait_for(
-            || match self.with_live(|vq| self.drain_locked(vq)) {
+            // SAFETY: `vq` is the queue `with_live` passed to this closure.
+            || match self.with_live(|vq| unsafe { self.drain_locked(vq) }) {
                 Err(e) => Some(Err(e)),
                 Ok(()) if self.reports_done.load(Relaxed) != before => Some(Ok(())),
                 Ok(()) => None,
