@@ -157,9 +157,9 @@ unsafe extern "C" fn migrate_callback<M: Migrate>(
     page: *mut bindings::page,
     _mode: bindings::migrate_mode,
 ) -> c_int {
-    // SAFETY: The core passes the `balloon_dev_info` whose `migratepage` this is: by the type
-    // invariant of `BalloonPages<M>`, the pinned `info` field of a live `BalloonPages<M>`
-    // (`Opaque` is transparent).
+    // The core passes the `balloon_dev_info` whose `migratepage` this is (`Opaque` is transparent).
+    // SAFETY: By the type invariant of `BalloonPages<M>`, it is the pinned `info` field of a live
+    // `BalloonPages<M>`.
     let pages = unsafe {
         &*container_of!(
             info.cast::<Opaque<bindings::balloon_dev_info>>(),
@@ -240,9 +240,9 @@ impl<M: Migrate> BalloonPages<M> {
         let pfn = page.pfn();
         let p = page.0.as_ptr();
         core::mem::forget(page);
-        // SAFETY: By the type invariant `self.info` is initialized and pinned; by the type
-        // invariant of `BalloonPage`, `p` is a page we owned, on no list, whose reference now
-        // belongs to the balloon list.
+        // `p`'s reference now belongs to the balloon list.
+        // SAFETY: `self.info` is initialized and pinned (type invariant); `p` is a page we owned,
+        // on no list (type invariant of `BalloonPage`).
         unsafe { bindings::balloon_page_enqueue(self.info.get(), p) };
         self.count.fetch_add(1, Ordering::Relaxed);
         pfn
@@ -262,9 +262,9 @@ impl<M: Migrate> BalloonPages<M> {
             for page in pages.by_ref().take(LIST_CHUNK) {
                 let p = page.0.as_ptr();
                 core::mem::forget(page);
-                // SAFETY: `list` is a valid list head; by the type invariant of `BalloonPage`, `p`
-                // is a page we owned, on no list (its `lru` is free), whose reference the list
-                // now holds.
+                // The list now holds `p`'s reference.
+                // SAFETY: `list` is a valid list head; `p` is a page we owned whose `lru` is free
+                // (type invariant of `BalloonPage`).
                 unsafe { bindings::balloon_page_push(list, p) };
                 n += 1;
             }

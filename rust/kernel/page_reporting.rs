@@ -157,9 +157,9 @@ unsafe extern "C" fn report_callback<T: Report>(
     sg: *mut bindings::scatterlist,
     nents: c_uint,
 ) -> c_int {
-    // SAFETY: By the safety requirements `prdev` is the `info` field of a pinned `Inner<T>`
-    // (`Opaque` is transparent), which by the type invariant of `Registration<T>` stays alive
-    // while registered.
+    // `Opaque` is transparent, so `info` is at the same address as the C struct.
+    // SAFETY: `prdev` is the `info` of a pinned `Inner<T>` (safety requirements), alive while
+    // registered by the type invariant of `Registration<T>`.
     let inner = unsafe {
         &*container_of!(
             prdev.cast::<Opaque<bindings::page_reporting_dev_info>>(),

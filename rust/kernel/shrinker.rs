@@ -128,9 +128,9 @@ unsafe extern "C" fn count_callback<T: Shrink>(
     s: *mut bindings::shrinker,
     _sc: *mut bindings::shrink_control,
 ) -> c_ulong {
-    // SAFETY: Reclaim calls this only for a registered shrinker, holding a reference to it; by the
-    // type invariant of `Shrinker<T>`, one with this callback was registered by
-    // `Shrinker::<T>::register` and is not freed before its `drop`.
+    // Reclaim calls this only for a registered shrinker, holding a reference to it.
+    // SAFETY: By the type invariant of `Shrinker<T>`, a shrinker with this callback was
+    // registered by `Shrinker::<T>::register` and is not freed before its `drop`.
     unsafe { data::<T>(s) }.count() as c_ulong
 }
 
@@ -145,9 +145,9 @@ unsafe extern "C" fn scan_callback<T: Shrink>(
 ) -> c_ulong {
     // SAFETY: Reclaim passes a valid `shrink_control` for this call.
     let nr = unsafe { (*sc).nr_to_scan };
-    // SAFETY: Reclaim calls this only for a registered shrinker, holding a reference to it; by the
-    // type invariant of `Shrinker<T>`, one with this callback was registered by
-    // `Shrinker::<T>::register` and is not freed before its `drop`.
+    // Reclaim calls this only for a registered shrinker, holding a reference to it.
+    // SAFETY: By the type invariant of `Shrinker<T>`, a shrinker with this callback was
+    // registered by `Shrinker::<T>::register` and is not freed before its `drop`.
     match unsafe { data::<T>(s) }.scan(nr) {
         Some(freed) => freed as c_ulong,
         None => SHRINK_STOP,

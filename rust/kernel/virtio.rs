@@ -151,9 +151,9 @@ impl<T: Driver + 'static> Adapter<T> {
         if !dev.has_drvdata() {
             return None;
         }
-        // SAFETY: drvdata is set (checked above) and, by the safety requirements, `remove` has
-        // not returned yet: it is the `T::Data` that `probe_callback` set (see above), and it
-        // stays until after the callback that `'a` ends with.
+        // drvdata is set (checked above), so it is the `T::Data` `probe_callback` set.
+        // SAFETY: `remove` has not returned (safety requirements), so that `T::Data` stays until
+        // after the callback that `'a` ends with.
         let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'a>>() };
         Some((dev, data))
     }
@@ -214,9 +214,8 @@ impl<T: Driver + 'static> Adapter<T> {
     }
 
     extern "C" fn remove_callback(vdev: *mut bindings::virtio_device) {
-        // SAFETY: The virtio core calls `remove` on a valid device bound to `T` (after a
-        // successful `probe`), holding the device lock, after disabling config change
-        // callbacks.
+        // The core calls `remove` after a successful `probe` and disables config callbacks first.
+        // SAFETY: `vdev` is valid and bound to `T`, and the core holds the device lock (Core).
         let bound = unsafe { Self::bound::<device::CoreInternal<'_>>(vdev) };
         // Always set: a bound device passed `probe`.
         if let Some((dev, data)) = bound {
@@ -266,9 +265,8 @@ impl<T: Driver + 'static> Adapter<T> {
         // at reset; the bus deletes the queues in `remove` (`VqSet::kill`) before drvdata goes
         // away, and drvdata is set before DRIVER_OK.
         //
-        // SAFETY: `vdev` is valid and bound to `T` while its queues exist, and this callback is
-        // one of them (`find_vqs` of `T` installed it); `remove` deletes them before it
-        // returns, so it has not returned yet.
+        // `find_vqs` of `T` installed this callback; `remove` deletes the queues before it returns.
+        // SAFETY: So `vdev` is valid and bound to `T`, and `remove` has not returned yet.
         let bound = unsafe { Self::bound::<device::BoundInternal>(vdev) };
         // `None`: a device that uses buffers before DRIVER_OK breaks the spec; do not trust it.
         if let Some((_, data)) = bound {
@@ -330,9 +328,8 @@ impl<T: Driver + 'static> Adapter<T> {
     }
 
     extern "C" fn restore_callback(vdev: *mut bindings::virtio_device) -> c_int {
-        // SAFETY: The transport's PM callback calls `restore` on a valid device bound to `T`
-        // (the core restores only a bound driver), serialized with `probe`, `remove` and
-        // `freeze` by the parent's lock, as in `freeze_callback`.
+        // The core restores only a bound driver; see `freeze_callback` for the locking.
+        // SAFETY: `vdev` is valid and bound to `T`; the parent's lock serializes it as Core needs.
         let bound = unsafe { Self::bound::<device::CoreInternal<'_>>(vdev) };
         // Always set: a bound device passed `probe`.
         let Some((dev, data)) = bound else {

@@ -86,9 +86,8 @@ impl VqSet {
         self.with_live(|vdev| {
             // SAFETY: `vdev` is the device `with_live` passed to this closure.
             let offset = unsafe { self.check_config(vdev, field) }?;
-            // SAFETY: By the type invariant of `VqSet`, the device is valid and bound inside
-            // `with_live`; the field is inside the config space the device exposes (checked
-            // above).
+            // SAFETY: The device is valid and bound inside `with_live` (type invariant of `VqSet`);
+            // `offset` is inside the config space the device exposes (checked above).
             Ok(unsafe { bindings::virtio_cread_le32(vdev, offset) })
         })?
     }
@@ -101,9 +100,8 @@ impl VqSet {
         self.with_live(|vdev| {
             // SAFETY: `vdev` is the device `with_live` passed to this closure.
             let offset = unsafe { self.check_config(vdev, field) }?;
-            // SAFETY: By the type invariant of `VqSet`, the device is valid and bound inside
-            // `with_live`; the field is inside the config space the device exposes (checked
-            // above).
+            // SAFETY: The device is valid and bound inside `with_live` (type invariant of `VqSet`);
+            // `offset` is inside the config space the device exposes (checked above).
             unsafe { bindings::virtio_cwrite_le32(vdev, offset, v) };
             Ok(())
         })?
@@ -164,8 +162,8 @@ impl Features<'_> {
         if bit >= FEATURE_BITS {
             return;
         }
-        // SAFETY: By the type invariant of `Device` the device is valid, and `validate` runs
-        // under the device lock before the features are final; `bit` is within the feature
+        // `validate` runs under the device lock, before the features are final.
+        // SAFETY: The device is valid (type invariant of `Device`); `bit` is within the feature
         // array (checked above).
         unsafe { bindings::__virtio_clear_bit(self.0.as_raw(), bit) }
     }

@@ -98,9 +98,9 @@ impl<T: Driver + 'static> QueueFinder<T> {
             };
         }
         let mut raw = [core::ptr::null_mut(); MAX_QUEUES];
-        // SAFETY: By the type invariant of `Device`, `vdev` is valid; the arrays hold
-        // `queues.len()` entries, the names are `'static`, and the callbacks are those of `T`,
-        // the driver bound to `dev`.
+        // The names are `'static`, and the callbacks are those of `T`, the driver bound to `dev`.
+        // SAFETY: `vdev` is valid (type invariant of `Device`); the arrays hold `queues.len()`
+        // entries.
         to_result(unsafe {
             bindings::virtio_find_vqs(
                 vdev,
@@ -299,10 +299,10 @@ impl VqSet {
         // Only this set's own reference: after a `restore`, `priv` may hold a newer one.
         let had_ref = core::mem::replace(&mut self.state.lock().bus_ref, false);
         if had_ref {
-            // SAFETY: `dev` is `vdev`, valid and bound, and the caller holds the device's lock
-            // or its parent's (Core), which serializes every writer of `priv`; `priv` is NULL
-            // or the reference `find_vqs` stored, as `release_bus_ref` requires. This set's
-            // queues are deleted now.
+            // The caller holds the device's lock or its parent's (Core), which serializes every
+            // writer of `priv`; this set's queues are deleted now.
+            // SAFETY: `dev` is `vdev`, valid and bound; `priv` is NULL or the reference
+            // `find_vqs` stored, as `release_bus_ref` requires.
             unsafe { Self::release_bus_ref(self.vdev) };
         }
     }
@@ -434,9 +434,9 @@ impl<B: Send> Virtqueue<B> {
                 // which is linearly mapped as `sg_init_one` requires.
                 unsafe { bindings::sg_init_one(&mut sg, token.cast(), len as u32) };
                 // The lock is a mutex, so the (indirect descriptor) allocation may sleep.
-                // SAFETY: By the type invariants, `vq` is valid inside `with_live`; `sg`
-                // describes memory that stays allocated until the token comes back from
-                // `get_buf` or `detach_unused_buf`.
+                // `sg`'s memory stays allocated until `get_buf` or `detach_unused_buf` returns it.
+                // SAFETY: `vq` is valid inside `with_live` (type invariants); `sg` stays valid
+                // while the device may use it (above).
                 unsafe {
                     if out {
                         bindings::virtqueue_add_outbuf(
@@ -676,9 +676,9 @@ impl PageQueue {
             let mut sg = bindings::scatterlist::default();
             // SAFETY: `token` points to 4 bytes of kmalloc memory, linearly mapped.
             unsafe { bindings::sg_init_one(&mut sg, token.cast(), size_of::<u32>() as u32) };
-            // SAFETY: By the type invariants, `vq` is valid inside `with_live`; the buffer stays
-            // allocated until its token comes back from the ring (drain, or detach when the
-            // queue is deleted).
+            // The buffer stays allocated until its token comes back (drain, or detach at delete).
+            // SAFETY: `vq` is valid inside `with_live` (type invariants); `sg` stays valid while
+            // the device may use it (above).
             let r = unsafe {
                 bindings::virtqueue_add_outbuf(vq, &mut sg, 1, token.cast(), bindings::GFP_KERNEL)
             };
