@@ -63,7 +63,8 @@
 #define FLAP_HI		(256 * MIB)
 /* Dirtied and freed for free page reporting; QEMU's RSS must fall by half of it. */
 #define DIRTY		(256 * MIB)
-#define REPORT_WAIT_MS	10000
+/* Deadline for reported memory to leave QEMU: rss_drop() returns as soon as half has. */
+#define REPORT_WAIT_MS	30000
 #define HINT_MIGRATIONS	2
 /* "Responsive": a liveness bound, not a speed target (about 0.1 s measured here). */
 #define RESPONSIVE_MS	2000
